@@ -1,0 +1,90 @@
+"""The ``vae`` command: argument parsing and friendly errors, nothing else.
+
+Heavy imports (torch, Hydra, plotnine) happen inside the commands so ``vae --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from vaecli import __version__
+
+app = typer.Typer(
+    name="vae",
+    help="Train, inspect and sweep beta-VAEs on MNIST. Configuration is Hydra: pass key=value overrides.",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+
+USAGE_ERROR = 2
+RUN_ERROR = 1
+
+Overrides = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Hydra overrides, e.g. `beta=0.01 latent_size=2 train.steps=5000`.", show_default=False),
+]
+CfgOption = Annotated[
+    Optional[str],
+    typer.Option("--cfg", help="Print the config instead of running: `job`, `hydra` or `all`.", show_default=False),
+]
+ResolveOption = Annotated[bool, typer.Option("--resolve", help="With --cfg: resolve interpolations before printing.")]
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    return typer.Exit(code)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"vaecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Train, inspect and sweep beta-VAEs on MNIST."""
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "* `vae train` (the seed experiment: beta=0.01, latent_size=10, 1024 steps)\n\n"
+        "* `vae train beta=0 latent_size=2 train.steps=5000`\n\n"
+        "* `vae train data=fashion_mnist model.hidden_sizes=[256,256] device=cuda`\n\n"
+        "* `vae train train.epochs=5 train.shuffle=false data.train_on=all`\n\n"
+        "* `vae train hydra.run.dir=runs/first` (choose the run folder)\n\n"
+        "* `vae train --cfg job` (print the composed config)"
+    )
+)
+def train(overrides: Overrides = None, cfg: CfgOption = None, resolve: ResolveOption = False) -> None:
+    """Train one beta-VAE and write a run folder (config, metrics.csv, plots, checkpoint)."""
+    from vaecli import commands
+
+    overrides = overrides or []
+    try:
+        commands.train(overrides, cfg, resolve)
+    except commands.UsageError as error:
+        raise fail(str(error)) from None
+    except commands.RunError as error:
+        raise fail(str(error), RUN_ERROR) from None
+
+
+def main() -> None:
+    app(prog_name="vae")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+

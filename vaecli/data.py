@@ -1,0 +1,79 @@
+"""The dataset as tensors in memory, and batches cut from them by slicing.
+
+A per-image Dataset/DataLoader costs more than this model's whole step on a CPU, so each split
+is one float tensor of shape (n, 784) and a batch is a slice (or a gather, when shuffling).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vaecli.sources import DATASETS, ensure_dataset
+
+DATA_ROOT_ENV = "VAECLI_DATA"
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # float32 (n, 784) in [0, 1]
+    labels: torch.Tensor  # int64 (n,)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(DATA_ROOT_ENV, "~/.cache/vaecli")).expanduser()
+
+
+def load_split(name: str, root: str | Path, train: bool, limit: int | None = None,
+               say: Callable[[str], None] | None = None) -> Split:
+    """One split through torchvision's dataset class, after the files are verified."""
+    import torchvision.datasets
+
+    spec = DATASETS[name]
+    root = ensure_dataset(spec, Path(root).expanduser(), **({"say": say} if say else {}))
+    dataset = getattr(torchvision.datasets, spec.torchvision_class)(str(root), train=train, download=False)
+    pixels, labels = dataset.data, dataset.targets
+    if limit is not None:
+        pixels, labels = pixels[:limit], labels[:limit]
+    images = pixels.reshape(len(pixels), -1).to(torch.float32).div_(255.0)
+    return Split(images=images, labels=labels.to(torch.int64))
+
+
+def training_set(train_split: Split, test_split: Split, use: str) -> Split:
+    """``use='all'`` trains on all 70,000 images as the seed does (the test set included)."""
+    if use == "train":
+        return train_split
+    return Split(torch.cat([train_split.images, test_split.images]), torch.cat([train_split.labels, test_split.labels]))
+
+
+class Batches:
+    """An endless stream of batches: in order as the seed, or reshuffled every epoch."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator):
+        self.images = images
+        self.batch_size = min(batch_size, len(images))
+        self.per_epoch = len(images) // self.batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+        self.order: torch.Tensor | None = None
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The batch for 1-based ``step``; epochs drop their last partial batch."""
+        position = (step - 1) % self.per_epoch
+        start = position * self.batch_size
+        if not self.shuffle:
+            return self.images[start : start + self.batch_size]
+        if position == 0 or self.order is None:
+            self.order = torch.randperm(len(self.images), generator=self.generator)
+        return self.images[self.order[start : start + self.batch_size]]
+
+    def epoch(self, step: int) -> float:
+        """Epochs completed after ``step`` steps."""
+        return step / self.per_epoch

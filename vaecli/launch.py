@@ -1,0 +1,106 @@
+"""Between Typer and Hydra: check overrides with the compose API, then run Hydra's own main.
+
+Composing first means a bad key or value is reported in one line before Hydra creates any
+output folder; running ``hydra.main`` afterwards keeps everything users know from Hydra
+(``.hydra/``, logging, launchers, sweeps).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from omegaconf import DictConfig
+
+
+class UsageError(ValueError):
+    """Bad input from the command line; the message is one line that says what to fix."""
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def describe(error: BaseException) -> str:
+    """One line for a Hydra/OmegaConf error, naming the key and the problem."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    cause = error.__cause__ or error
+    key = getattr(cause, "full_key", None) or ""
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        return f"unknown config key '{key}': check the spelling (`vae train --cfg job` prints every key)"
+    if isinstance(cause, ValidationError):
+        return f"bad value for {key}: {first_line(cause.msg if hasattr(cause, 'msg') else str(cause))}"
+    if isinstance(error, MissingConfigException):
+        options = getattr(error, "options", None) or []
+        hint = f"; available: {', '.join(options)}" if options else ""
+        return f"{first_line(str(error)).removeprefix(chr(39)).strip()}{hint}".replace("In 'config': ", "")
+    if isinstance(error, OverrideParseException):
+        return f"cannot parse override: {first_line(str(error))}"
+    return first_line(str(error)) or type(error).__name__
+
+
+@contextmanager
+def _initialized():
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("vaecli.conf", version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
+    """The config these overrides give, checked against the schema and the value rules."""
+    from hydra import compose as hydra_compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vaecli import config as config_module
+
+    config_module.register()
+    try:
+        with _initialized():
+            cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+        config_module.check_values(cfg)
+    except config_module.ConfigValueError as error:
+        raise UsageError(str(error)) from None
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UsageError(describe(error)) from None
+    return cfg
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Every member's override list for a sweep (Hydra's own grid expansion)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    except HydraException as error:
+        raise UsageError(describe(error)) from None
+    return [list(member) for batch in batches for member in batch]
+
+
+def run_hydra(arguments: Iterable[str]) -> Any:
+    """Call Hydra's main as if from a shell, raising (not exiting) on errors."""
+    from vaecli.task import main
+
+    saved_argv, saved_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = ["vae", *arguments]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        return main()
+    finally:
+        sys.argv = saved_argv
+        if saved_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_error

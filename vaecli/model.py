@@ -1,0 +1,76 @@
+"""Encoder, decoder and the VAE that joins them; each call returns a distribution.
+
+Returning ``torch.distributions`` objects keeps the loss reading like the math
+(q(z|x), p(x|z)) while the objective uses their parameters directly where that is faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Normal
+from torch.nn import functional as F
+
+IMAGE_SIZE = 28 * 28
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (and after the last, since a head follows)."""
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """x -> q(z|x), a factorized Normal whose scale is positive by construction."""
+
+    def __init__(self, hidden_sizes: Sequence[int], latent_size: int, min_scale: float = 1e-4):
+        super().__init__()
+        self.body = mlp([IMAGE_SIZE, *hidden_sizes])
+        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else IMAGE_SIZE, 2 * latent_size)
+        self.min_scale = min_scale
+
+    def forward(self, x: torch.Tensor) -> Normal:
+        loc, raw_scale = self.head(self.body(x)).chunk(2, dim=-1)
+        # softplus plus a floor: unlike the seed's square(), never exactly zero.
+        return Normal(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+
+
+class Decoder(nn.Module):
+    """z -> p(x|z), independent Bernoulli pixels given by their logits."""
+
+    def __init__(self, hidden_sizes: Sequence[int], latent_size: int):
+        super().__init__()
+        self.body = mlp([latent_size, *hidden_sizes])
+        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else latent_size, IMAGE_SIZE)
+
+    def forward(self, z: torch.Tensor) -> Bernoulli:
+        # Grey-level targets in [0, 1] are the seed's convention, so no support check.
+        return Bernoulli(logits=self.head(self.body(z)), validate_args=False)
+
+
+class VAE(nn.Module):
+    def __init__(self, latent_size: int = 10, hidden_sizes: Sequence[int] = (100, 100), min_scale: float = 1e-4):
+        super().__init__()
+        self.latent_size = latent_size
+        self.encoder = Encoder(hidden_sizes, latent_size, min_scale)
+        self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size)
+
+    def prior(self, batch_shape: Sequence[int] = ()) -> Normal:
+        zeros = torch.zeros(*batch_shape, self.latent_size, device=self.decoder.head.weight.device)
+        return Normal(zeros, torch.ones_like(zeros), validate_args=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[Normal, torch.Tensor, Bernoulli]:
+        """q(z|x), a reparameterized sample z ~ q, and p(x|z)."""
+        q = self.encoder(x)
+        z = q.rsample()
+        return q, z, self.decoder(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Decoder means (pixel probabilities) at z = posterior mean, or at a posterior draw."""
+        q = self.encoder(x)
+        return self.decoder(q.sample() if sample else q.mean).probs

