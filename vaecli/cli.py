@@ -79,6 +79,33 @@ def train(overrides: Overrides = None, cfg: CfgOption = None, resolve: ResolveOp
         raise fail(str(error), RUN_ERROR) from None
 
 
+@app.command(
+    epilog="Examples:\n\n* `vae data` (MNIST into the default data root)\n\n* `vae data fashion_mnist --root /data`"
+)
+def data(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Datasets: mnist, fashion_mnist.", show_default=False)] = None,
+    root: Annotated[Optional[str], typer.Option(help="Data root (default: $VAECLI_DATA or ~/.cache/vaecli).")] = None,
+) -> None:
+    """Find, fetch and verify datasets now, so later runs (or cluster jobs) need no network."""
+    from vaecli import commands
+
+    try:
+        commands.fetch_data(names or ["mnist"], root)
+    except commands.UsageError as error:
+        raise fail(str(error)) from None
+    except commands.RunError as error:
+        raise fail(str(error), RUN_ERROR) from None
+
+
+def _register_more_commands() -> None:
+    from vaecli import cli_inspect
+
+    cli_inspect.register(app, fail)
+
+
+_register_more_commands()
+
+
 def main() -> None:
     app(prog_name="vae")
 

@@ -81,3 +81,22 @@ def launch_run(arguments: Sequence[str]) -> None:
         raise RunError("interrupted; the run folder keeps what was written so far") from None
     except (RuntimeError, OSError, ValueError) as error:
         raise RunError(f"{type(error).__name__}: {first_line(str(error))}") from None
+
+
+def fetch_data(names: Sequence[str], root: str | None) -> None:
+    from rich.console import Console
+
+    from vaecli.data import default_root
+    from vaecli.sources import DATASETS, IDX_FILES, DataUnavailableError, ensure_dataset
+
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown:
+        raise UsageError(f"unknown dataset {unknown[0]!r}; choose from: {', '.join(DATASETS)}")
+    console = Console(stderr=True)
+    folder = Path(root).expanduser() if root else default_root()
+    for name in names:
+        try:
+            ensure_dataset(DATASETS[name], folder, say=lambda message: console.print(f"[dim]{message}[/dim]"))
+        except DataUnavailableError as error:
+            raise RunError(str(error)) from None
+        print(f"{name}: {len(IDX_FILES)} verified files under {DATASETS[name].raw_dir(folder)}")

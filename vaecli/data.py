@@ -72,7 +72,7 @@ class Batches:
             return self.images[start : start + self.batch_size]
         if position == 0 or self.order is None:
             self.order = torch.randperm(len(self.images), generator=self.generator)
-        return self.images[self.order[start : start + self.batch_size]]
+        return self.images.index_select(0, self.order[start : start + self.batch_size])
 
     def epoch(self, step: int) -> float:
         """Epochs completed after ``step`` steps."""

@@ -37,10 +37,13 @@ def describe(error: BaseException) -> str:
         return f"bad value for {key}: {first_line(cause.msg if hasattr(cause, 'msg') else str(cause))}"
     if isinstance(error, MissingConfigException):
         options = getattr(error, "options", None) or []
-        hint = f"; available: {', '.join(options)}" if options else ""
-        return f"{first_line(str(error)).removeprefix(chr(39)).strip()}{hint}".replace("In 'config': ", "")
+        missing = getattr(error, "missing_cfg_file", None) or first_line(str(error))
+        hint = f"; choose one of: {', '.join(options)}" if options else ""
+        return f"no config '{missing}'{hint}"
     if isinstance(error, OverrideParseException):
-        return f"cannot parse override: {first_line(str(error))}"
+        return f"cannot parse override '{error.override}': {first_line(str(error))}"
+    if str(error).startswith("Ambiguous value"):
+        return f"{first_line(str(error))}: `vae train` takes one value per key; `vae sweep` runs one model per value"
     return first_line(str(error)) or type(error).__name__
 
 

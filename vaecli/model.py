@@ -16,6 +16,18 @@ from torch.nn import functional as F
 IMAGE_SIZE = 28 * 28
 
 
+def seed_init(module: nn.Module) -> None:
+    """The seed's (Sonnet's) Linear init: truncated normal, std 1/sqrt(fan_in), zero bias.
+
+    torch's default init starts with weights sqrt(3) times smaller; after the seed's 1024
+    steps that costs about 15 nats per image on the test set.
+    """
+    if isinstance(module, nn.Linear):
+        std = module.in_features**-0.5
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(module.bias)
+
+
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
     """Linear layers with ReLU between them (and after the last, since a head follows)."""
     layers: list[nn.Module] = []
@@ -58,6 +70,7 @@ class VAE(nn.Module):
         self.latent_size = latent_size
         self.encoder = Encoder(hidden_sizes, latent_size, min_scale)
         self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size)
+        self.apply(seed_init)
 
     def prior(self, batch_shape: Sequence[int] = ()) -> Normal:
         zeros = torch.zeros(*batch_shape, self.latent_size, device=self.decoder.head.weight.device)

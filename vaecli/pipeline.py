@@ -37,7 +37,7 @@ def progress_bar(console: Console) -> Progress:
 def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bool) -> dict[str, Any]:
     torch.set_num_threads(threads)
     console = Console(stderr=True)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg))
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
 
     def say(message: str) -> None:
         log.info(message)
@@ -87,7 +87,7 @@ def print_summary(console: Console, final: dict[str, dict[str, float]], out_dir:
     table = Table(title=f"{steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):,.0f} steps/s)")
     table.add_column("split")
     for column in SUMMARY_COLUMNS:
-        table.add_column(column, justify="right")
+        table.add_column(column.replace("reconstruction", "recon"), justify="right", no_wrap=True)
     for split, row in final.items():
         table.add_row(split, *(f"{row[column]:.4f}" if column in ("loss", "reconstruction", "kl") else f"{row[column]:.2f}" for column in SUMMARY_COLUMNS))
     console.print(table)

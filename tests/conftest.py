@@ -1,0 +1,57 @@
+"""Shared fixtures: real MNIST (fetched once per session) and tiny configs that train in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vaecli.cli import app
+from vaecli.data import default_root
+from vaecli.sources import DATASETS, ensure_dataset
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = default_root()
+    ensure_dataset(DATASETS["mnist"], root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny(data_root: Path) -> list[str]:
+    """Overrides for a few steps on a small real slice: 512 training and 256 test images."""
+    return [
+        f"data.root={data_root}",
+        "data.limit=512",
+        "data.test_limit=256",
+        "train.steps=8",
+        "train.batch_size=32",
+        "train.progress=false",
+        "threads=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str):
+    """Run the real `vae` command in-process; exceptions propagate so failures are visible."""
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, runner: CliRunner, tiny: list[str]) -> Path:
+    run_dir = tmp_path_factory.mktemp("run") / "first"
+    result = invoke(runner, "train", *tiny, "train.steps=40", f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
