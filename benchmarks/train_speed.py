@@ -31,10 +31,20 @@ BATCH, HIDDEN, LATENT, PIXELS = 64, 100, 10, 784
 
 
 def bare_model() -> tuple[nn.Module, nn.Module]:
-    encoder = nn.Sequential(nn.Linear(PIXELS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                            nn.Linear(HIDDEN, 2 * LATENT))
-    decoder = nn.Sequential(nn.Linear(LATENT, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                            nn.Linear(HIDDEN, PIXELS))
+    encoder = nn.Sequential(
+        nn.Linear(PIXELS, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, 2 * LATENT),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(LATENT, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, PIXELS),
+    )
     return encoder, decoder
 
 
@@ -118,14 +128,27 @@ BARE_PROCESS = textwrap.dedent(
 def time_processes(root: str, steps: int) -> tuple[float, float]:
     here = str(Path(__file__).resolve().parent)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", BARE_PROCESS.format(here=here, root=root, steps=steps)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", BARE_PROCESS.format(here=here, root=root, steps=steps)],
+        check=True,
+        capture_output=True,
+    )
     bare = time.perf_counter() - started
     vae = Path(sys.executable).with_name("vae")
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        subprocess.run([str(vae), "train", f"data.root={root}", f"train.steps={steps}", "train.progress=false",
-                        f"hydra.run.dir={folder}/run"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(vae),
+                "train",
+                f"data.root={root}",
+                f"train.steps={steps}",
+                "train.progress=false",
+                f"hydra.run.dir={folder}/run",
+            ],
+            check=True,
+            capture_output=True,
+        )
         tool = time.perf_counter() - started
     return tool, bare
 
@@ -158,7 +181,9 @@ def main() -> None:
         print(f"{name:<12}{statistics.median(values):>18.0f}{runs:>28}{statistics.median(values) / bare:>9.2f}")
     if not args.no_process:
         tool, bare_process = time_processes(root, args.steps)
-        print(f"whole process: vae train {tool:.1f} s, bare script {bare_process:.1f} s, ratio {tool / bare_process:.2f}")
+        print(
+            f"whole process: vae train {tool:.1f} s, bare script {bare_process:.1f} s, ratio {tool / bare_process:.2f}"
+        )
 
 
 if __name__ == "__main__":

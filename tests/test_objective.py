@@ -5,7 +5,12 @@ from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F
 
 from vaecli.model import VAE
-from vaecli.objective import backward_beta_elbo, bernoulli_nll_sum, elbo_terms, kl_to_standard_normal
+from vaecli.objective import (
+    backward_beta_elbo,
+    bernoulli_nll_sum,
+    elbo_terms,
+    kl_to_standard_normal,
+)
 
 
 def test_kl_matches_monte_carlo_estimate():

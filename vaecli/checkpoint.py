@@ -44,8 +44,16 @@ def to_cpu(state: Any) -> Any:
     return state
 
 
-def save(path: Path, *, config: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-         step: int, rng: dict[str, torch.Tensor], final: dict | None = None) -> None:
+def save(
+    path: Path,
+    *,
+    config: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    rng: dict[str, torch.Tensor],
+    final: dict | None = None,
+) -> None:
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -65,7 +73,9 @@ def resolve(path: str | Path) -> Path:
     if path.is_dir():
         candidate = path / CHECKPOINT_NAME
         if not candidate.is_file():
-            raise CheckpointError(f"{path} is a folder without {CHECKPOINT_NAME}; pass a run folder made by `vae train`")
+            raise CheckpointError(
+                f"{path} is a folder without {CHECKPOINT_NAME}; pass a run folder made by `vae train`"
+            )
         return candidate
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a checkpoint.pt or a run folder")
@@ -79,7 +89,9 @@ def load(path: str | Path) -> dict[str, Any]:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{file} is not a readable checkpoint ({first[:160]}); it may be truncated or not made by vaecli") from None
+        raise CheckpointError(
+            f"{file} is not a readable checkpoint ({first[:160]}); it may be truncated or not made by vaecli"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a vaecli checkpoint; pass the checkpoint.pt that `vae train` wrote")
     return payload

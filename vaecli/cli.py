@@ -6,7 +6,7 @@ Heavy imports (torch, Hydra, plotnine) happen inside the commands so ``vae --hel
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -25,12 +25,16 @@ USAGE_ERROR = 2
 RUN_ERROR = 1
 
 Overrides = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Argument(help="Hydra overrides, e.g. `beta=0.01 latent_size=2 train.steps=5000`.", show_default=False),
 ]
 CfgOption = Annotated[
-    Optional[str],
-    typer.Option("--cfg", help="Print the config instead of running: `job`, `hydra` or `all`.", show_default=False),
+    str | None,
+    typer.Option(
+        "--cfg",
+        help="Print the config instead of running: `job`, `hydra` or `all`.",
+        show_default=False,
+    ),
 ]
 ResolveOption = Annotated[bool, typer.Option("--resolve", help="With --cfg: resolve interpolations before printing.")]
 
@@ -49,7 +53,13 @@ def version_callback(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version",
+            callback=version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
     ] = False,
 ) -> None:
     """Train, inspect and sweep beta-VAEs on MNIST."""
@@ -83,8 +93,11 @@ def train(overrides: Overrides = None, cfg: CfgOption = None, resolve: ResolveOp
     epilog="Examples:\n\n* `vae data` (MNIST into the default data root)\n\n* `vae data fashion_mnist --root /data`"
 )
 def data(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Datasets: mnist, fashion_mnist.", show_default=False)] = None,
-    root: Annotated[Optional[str], typer.Option(help="Data root (default: $VAECLI_DATA or ~/.cache/vaecli).")] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Datasets: mnist, fashion_mnist.", show_default=False),
+    ] = None,
+    root: Annotated[str | None, typer.Option(help="Data root (default: $VAECLI_DATA or ~/.cache/vaecli).")] = None,
 ) -> None:
     """Find, fetch and verify datasets now, so later runs (or cluster jobs) need no network."""
     from vaecli import commands
@@ -112,6 +125,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-

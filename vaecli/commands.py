@@ -36,7 +36,15 @@ def print_config(overrides: Sequence[str], cfg_flag: str, resolve: bool, multiru
     if cfg_flag not in CFG_CHOICES:
         raise UsageError(f"--cfg {cfg_flag} is not one of {', '.join(CFG_CHOICES)}")
     compose(overrides)
-    run_hydra([*(["--multirun"] if multirun else []), "--cfg", cfg_flag, *(["--resolve"] if resolve else []), *overrides])
+    run_hydra(
+        [
+            *(["--multirun"] if multirun else []),
+            "--cfg",
+            cfg_flag,
+            *(["--resolve"] if resolve else []),
+            *overrides,
+        ]
+    )
 
 
 def check_device(name: str) -> None:

@@ -7,7 +7,7 @@ type-check but make no sense (a negative beta, an empty batch), each with a one-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -21,24 +21,24 @@ class DataConfig:
     name: str = MISSING
     root: str = "${oc.env:VAECLI_DATA,'~/.cache/vaecli'}"
     train_on: str = "train"  # 'all' trains on all 70,000 images (train + test), as the seed does
-    limit: Optional[int] = None  # use only the first N training images
-    test_limit: Optional[int] = None  # evaluate on the first N test images only
+    limit: int | None = None  # use only the first N training images
+    test_limit: int | None = None  # evaluate on the first N test images only
 
 
 @dataclass
 class ModelConfig:
-    hidden_sizes: List[int] = field(default_factory=lambda: [100, 100])
+    hidden_sizes: list[int] = field(default_factory=lambda: [100, 100])
     min_scale: float = 1e-4  # floor under the posterior scale
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1024
-    epochs: Optional[float] = None  # when set, wins over steps
+    epochs: float | None = None  # when set, wins over steps
     batch_size: int = 64
     lr: float = 1e-3
     shuffle: bool = True
-    eval_every: Optional[int] = None  # None: at every logged step; 0: only at the end
+    eval_every: int | None = None  # None: at every logged step; 0: only at the end
     progress: bool = True
 
 
@@ -52,7 +52,6 @@ class Config:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch threads; 0 picks from the CPUs this run may use
-    fail_at_step: Optional[int] = None  # testing aid: raise at this step, to exercise failure paths
 
 
 def register() -> None:
@@ -71,15 +70,31 @@ def check_values(cfg: Any) -> None:
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
         ("train.lr", cfg.train.lr > 0, "must be > 0"),
         ("train.steps", cfg.train.steps >= 1, "must be >= 1"),
-        ("train.epochs", cfg.train.epochs is None or cfg.train.epochs > 0, "must be > 0 (or null to use train.steps)"),
-        ("train.eval_every", cfg.train.eval_every is None or cfg.train.eval_every >= 0, "must be >= 0 or null"),
-        ("model.hidden_sizes", all(size >= 1 for size in cfg.model.hidden_sizes), "sizes must be >= 1"),
+        (
+            "train.epochs",
+            cfg.train.epochs is None or cfg.train.epochs > 0,
+            "must be > 0 (or null to use train.steps)",
+        ),
+        (
+            "train.eval_every",
+            cfg.train.eval_every is None or cfg.train.eval_every >= 0,
+            "must be >= 0 or null",
+        ),
+        (
+            "model.hidden_sizes",
+            all(size >= 1 for size in cfg.model.hidden_sizes),
+            "sizes must be >= 1",
+        ),
         ("model.min_scale", cfg.model.min_scale > 0, "must be > 0"),
         ("device", cfg.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
         ("threads", cfg.threads >= 0, "must be >= 0 (0 = automatic)"),
         ("data.train_on", cfg.data.train_on in TRAIN_ON, f"must be one of {', '.join(TRAIN_ON)}"),
         ("data.limit", cfg.data.limit is None or cfg.data.limit >= 1, "must be >= 1 or null"),
-        ("data.test_limit", cfg.data.test_limit is None or cfg.data.test_limit >= 1, "must be >= 1 or null"),
+        (
+            "data.test_limit",
+            cfg.data.test_limit is None or cfg.data.test_limit >= 1,
+            "must be >= 1 or null",
+        ),
     ]
     for key, ok, rule in rules:
         if not ok:

@@ -31,8 +31,13 @@ def default_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV, "~/.cache/vaecli")).expanduser()
 
 
-def load_split(name: str, root: str | Path, train: bool, limit: int | None = None,
-               say: Callable[[str], None] | None = None) -> Split:
+def load_split(
+    name: str,
+    root: str | Path,
+    train: bool,
+    limit: int | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Split:
     """One split through torchvision's dataset class, after the files are verified."""
     import torchvision.datasets
 
@@ -50,7 +55,10 @@ def training_set(train_split: Split, test_split: Split, use: str) -> Split:
     """``use='all'`` trains on all 70,000 images as the seed does (the test set included)."""
     if use == "train":
         return train_split
-    return Split(torch.cat([train_split.images, test_split.images]), torch.cat([train_split.labels, test_split.labels]))
+    return Split(
+        torch.cat([train_split.images, test_split.images]),
+        torch.cat([train_split.labels, test_split.labels]),
+    )
 
 
 class Batches:

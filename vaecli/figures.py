@@ -38,8 +38,12 @@ def loss_plot(metrics: pd.DataFrame, path: Path, title: str = "") -> Path:
     """The seed's figure: loss terms against step on log-log axes, train and test."""
     from plotnine import aes, geom_line, ggplot, labs, scale_x_log10, scale_y_log10, theme_bw
 
-    long = metrics.melt(id_vars=["step", "split"], value_vars=["loss", "reconstruction", "kl"],
-                        var_name="term", value_name="value")
+    long = metrics.melt(
+        id_vars=["step", "split"],
+        value_vars=["loss", "reconstruction", "kl"],
+        var_name="term",
+        value_name="value",
+    )
     long = long[pd.to_numeric(long["value"], errors="coerce") > 0]
     plot = (
         ggplot(long, aes("step", "value", color="term", linetype="split"))

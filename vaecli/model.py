@@ -65,7 +65,12 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
-    def __init__(self, latent_size: int = 10, hidden_sizes: Sequence[int] = (100, 100), min_scale: float = 1e-4):
+    def __init__(
+        self,
+        latent_size: int = 10,
+        hidden_sizes: Sequence[int] = (100, 100),
+        min_scale: float = 1e-4,
+    ):
         super().__init__()
         self.latent_size = latent_size
         self.encoder = Encoder(hidden_sizes, latent_size, min_scale)

@@ -79,16 +79,28 @@ def draw_run_figures(result, out_dir: Path, cfg: DictConfig) -> None:
     device = next(model.parameters()).device
     originals = result.test.images[:RECONSTRUCTION_COUNT]
     reconstructions = model.reconstruct(originals.to(device)).cpu()
-    figures.save_grid(torch.cat([originals, reconstructions]), out_dir / "reconstructions.png", RECONSTRUCTION_COUNT)
+    figures.save_grid(
+        torch.cat([originals, reconstructions]),
+        out_dir / "reconstructions.png",
+        RECONSTRUCTION_COUNT,
+    )
     figures.save_grid(views.traversal_grid(model), out_dir / "traversal.png", columns=10)
 
 
-def print_summary(console: Console, final: dict[str, dict[str, float]], out_dir: Path, steps: int, seconds: float) -> None:
+def print_summary(
+    console: Console, final: dict[str, dict[str, float]], out_dir: Path, steps: int, seconds: float
+) -> None:
     table = Table(title=f"{steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):,.0f} steps/s)")
     table.add_column("split")
     for column in SUMMARY_COLUMNS:
         table.add_column(column.replace("reconstruction", "recon"), justify="right", no_wrap=True)
     for split, row in final.items():
-        table.add_row(split, *(f"{row[column]:.4f}" if column in ("loss", "reconstruction", "kl") else f"{row[column]:.2f}" for column in SUMMARY_COLUMNS))
+        table.add_row(
+            split,
+            *(
+                f"{row[column]:.4f}" if column in ("loss", "reconstruction", "kl") else f"{row[column]:.2f}"
+                for column in SUMMARY_COLUMNS
+            ),
+        )
     console.print(table)
     console.print(f"run folder: [bold]{out_dir}[/bold]")

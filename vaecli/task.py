@@ -83,22 +83,39 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.info("already completed; skipped")
             return done
     started = time.time()
-    write_result(out_dir, status="running", started=started, slurm_job_id=os.environ.get("SLURM_JOB_ID"),
-                 host=os.uname().nodename, pid=os.getpid())
+    write_result(
+        out_dir,
+        status="running",
+        started=started,
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        host=os.uname().nodename,
+        pid=os.getpid(),
+    )
     try:
         from vaecli.pipeline import train_and_save
 
         result = train_and_save(cfg, out_dir, threads=threads_for(cfg), interactive=not sweeping)
     except BaseException as error:
         message = f"{type(error).__name__}: {error}"
-        write_result(out_dir, status="failed", error=message, seconds=round(time.time() - started, 3),
-                     slurm_job_id=os.environ.get("SLURM_JOB_ID"), traceback=traceback.format_exc())
+        write_result(
+            out_dir,
+            status="failed",
+            error=message,
+            seconds=round(time.time() - started, 3),
+            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+            traceback=traceback.format_exc(),
+        )
         log.error("run failed: %s", message)
         if sweeping and isinstance(error, Exception):
             return {"status": "failed", "error": message}
         raise
-    write_result(out_dir, status="ok", seconds=round(time.time() - started, 3),
-                 slurm_job_id=os.environ.get("SLURM_JOB_ID"), **result)
+    write_result(
+        out_dir,
+        status="ok",
+        seconds=round(time.time() - started, 3),
+        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        **result,
+    )
     return {"status": "ok", **result}
 
 

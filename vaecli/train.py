@@ -24,8 +24,17 @@ from vaecli.objective import Terms, backward_beta_elbo, elbo_terms
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = [
-    "step", "epoch", "split", "loss", "reconstruction", "kl",
-    "recon_nats", "kl_nats", "neg_elbo_nats", "images_per_s", "seconds",
+    "step",
+    "epoch",
+    "split",
+    "loss",
+    "reconstruction",
+    "kl",
+    "recon_nats",
+    "kl_nats",
+    "neg_elbo_nats",
+    "images_per_s",
+    "seconds",
 ]
 TIMING_COLUMNS = ("images_per_s", "seconds")
 EVAL_CHUNK = 5000
@@ -75,7 +84,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_model(cfg: Any) -> VAE:
-    return VAE(latent_size=int(cfg.latent_size), hidden_sizes=list(cfg.model.hidden_sizes), min_scale=float(cfg.model.min_scale))
+    return VAE(
+        latent_size=int(cfg.latent_size),
+        hidden_sizes=list(cfg.model.hidden_sizes),
+        min_scale=float(cfg.model.min_scale),
+    )
 
 
 def make_optimizer(model: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -155,8 +168,12 @@ class MetricsWriter:
 ProgressHook = Callable[[int, int, float, float], None]
 
 
-def train(cfg: Any, out_dir: Path, on_progress: ProgressHook | None = None,
-          say: Callable[[str], None] = log.info) -> TrainResult:
+def train(
+    cfg: Any,
+    out_dir: Path,
+    on_progress: ProgressHook | None = None,
+    say: Callable[[str], None] = log.info,
+) -> TrainResult:
     """Train one model as ``cfg`` says, writing metrics.csv into ``out_dir`` as it goes."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -173,7 +190,9 @@ def train(cfg: Any, out_dir: Path, on_progress: ProgressHook | None = None,
     logged, evaluated = set(log_steps(steps)), eval_steps(steps, cfg.train.eval_every)
     progress_every = max(1, min(16, steps // 100))
     beta, batch_size = float(cfg.beta), batches.batch_size
-    say(f"training {steps} steps on {len(train_images)} {cfg.data.name} images ({device}, {torch.get_num_threads()} threads)")
+    fail_at_step = cfg.get("fail_at_step")  # testing aid (`+fail_at_step=N`): exercises failure paths
+    threads = torch.get_num_threads()
+    say(f"training {steps} steps on {len(train_images)} {cfg.data.name} images ({device}, {threads} threads)")
 
     metrics = MetricsWriter(out_dir / "metrics.csv")
     started = time.perf_counter()
@@ -186,7 +205,7 @@ def train(cfg: Any, out_dir: Path, on_progress: ProgressHook | None = None,
             backward_beta_elbo(q, p.logits, x, beta)
             optimizer.step()
 
-            if cfg.fail_at_step is not None and step == cfg.fail_at_step:
+            if step == fail_at_step:
                 raise RuntimeError(f"failing at step {step} as asked by fail_at_step")
             if step in logged or step in evaluated or step % progress_every == 0:
                 with torch.no_grad():
@@ -196,7 +215,12 @@ def train(cfg: Any, out_dir: Path, on_progress: ProgressHook | None = None,
                     raise TrainingDiverged(f"loss became {loss} at step {step}; try a smaller train.lr")
                 now = time.perf_counter()
                 if step in logged:
-                    row = {"step": step, "epoch": round(batches.epoch(step), 4), "split": "train", **batch_metrics(terms)}
+                    row = {
+                        "step": step,
+                        "epoch": round(batches.epoch(step), 4),
+                        "split": "train",
+                        **batch_metrics(terms),
+                    }
                     row["images_per_s"] = round((step - last_step) * batch_size / max(now - last_time, 1e-9), 1)
                     row["seconds"] = round(now - started, 4)
                     metrics.write(row)
@@ -220,4 +244,14 @@ def train(cfg: Any, out_dir: Path, on_progress: ProgressHook | None = None,
         metrics.close()
     seconds = time.perf_counter() - started
     final = {split: next(r for r in reversed(metrics.rows) if r["split"] == split) for split in ("train", "test")}
-    return TrainResult(model, optimizer, steps, metrics.rows, test_split, seconds, eval_seconds, shuffler.get_state(), final)
+    return TrainResult(
+        model,
+        optimizer,
+        steps,
+        metrics.rows,
+        test_split,
+        seconds,
+        eval_seconds,
+        shuffler.get_state(),
+        final,
+    )
