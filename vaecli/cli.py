@@ -90,6 +90,37 @@ def train(overrides: Overrides = None, cfg: CfgOption = None, resolve: ResolveOp
 
 
 @app.command(
+    epilog=(
+        "Examples:\n\n"
+        "* `vae sweep` (the default study: beta=0,0.01,0.1,1 x latent_size=2,5,10,20)\n\n"
+        "* `vae sweep beta=0,0.01,0.1,1 latent_size=2,10 hydra/launcher=joblib` (members in parallel)\n\n"
+        "* `vae sweep train.steps=200` (the default grid with a fixed key)\n\n"
+        "* `vae sweep 'latent_size=range(2,12,2)' beta=0.01`\n\n"
+        "* `vae sweep beta=0,1 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu`\n\n"
+        "* `vae sweep beta=0,1 hydra.sweep.dir=sweeps/first` (run it again to resume)\n\n"
+        "* `vae sweep --report outputs/sweeps/2026-11-25/10-31-07` (re-aggregate a sweep folder)"
+    )
+)
+def sweep(
+    overrides: Overrides = None,
+    report: Annotated[
+        str | None, typer.Option("--report", help="Only aggregate this existing sweep folder.", show_default=False)
+    ] = None,
+    grid: Annotated[str, typer.Option(help="Grid from conf/sweep/ used for keys the command line leaves unswept.")] = (
+        "default"
+    ),
+) -> None:
+    """Run a grid of trainings through Hydra's multirun and compare them (sweep.csv and plots)."""
+    from vaecli import commands
+
+    try:
+        code = commands.sweep(overrides or [], report, grid)
+    except commands.UsageError as error:
+        raise fail(str(error)) from None
+    raise typer.Exit(code)
+
+
+@app.command(
     epilog="Examples:\n\n* `vae data` (MNIST into the default data root)\n\n* `vae data fashion_mnist --root /data`"
 )
 def data(

@@ -108,3 +108,84 @@ def fetch_data(names: Sequence[str], root: str | None) -> None:
         except DataUnavailableError as error:
             raise RunError(str(error)) from None
         print(f"{name}: {len(IDX_FILES)} verified files under {DATASETS[name].raw_dir(folder)}")
+
+
+def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
+    """Run (or, with ``report_dir``, only re-aggregate) a sweep; returns the exit code."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if report_dir is not None:
+        folder = Path(report_dir).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is not a folder; pass the sweep folder that `vae sweep` printed")
+        if not any(folder.rglob(".hydra/overrides.yaml")):
+            raise UsageError(f"{folder} holds no sweep members (no */.hydra/overrides.yaml); is it a sweep folder?")
+        return report(folder, console)
+
+    from vaecli import sweep as sweeps
+
+    sweep_plan = sweeps.plan(overrides, grid)
+    console.print(
+        f"sweep of {len(sweep_plan.members)} members through the {sweep_plan.launcher} launcher into "
+        f"[bold]{sweep_plan.sweep_dir}[/bold]"
+    )
+    sweeps.write_plan(sweep_plan)
+    launch_error = None
+    with sweeps.Monitor(sweep_plan.sweep_dir, len(sweep_plan.members), console):
+        try:
+            run_hydra(sweep_plan.arguments)
+        except KeyboardInterrupt:
+            launch_error = "interrupted"
+        except Exception as error:  # a launcher that gave up (e.g. a job the scheduler killed)
+            launch_error = f"{type(error).__name__}: {first_line(str(error))}"
+    if launch_error:
+        console.print(f"[yellow]the launcher reported: {launch_error}[/yellow]")
+        if sweep_plan.launcher.startswith("submitit_slurm"):
+            console.print("waiting for the sweep's other SLURM jobs to finish ...")
+            sweeps.wait_for_scheduler(sweep_plan.sweep_dir)
+    return report(sweep_plan.sweep_dir, console)
+
+
+def report(folder: Path, console) -> int:
+    """Aggregate a sweep folder, draw its figures, print the table; 1 if any member failed."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from vaecli.aggregate import LONG_CSV, SWEEP_CSV, aggregate, parse_overrides, swept_keys
+    from vaecli.sweep_figures import draw_all
+
+    table = aggregate(folder)
+    long_path = folder / LONG_CSV
+    long = pd.read_csv(long_path) if long_path.stat().st_size > 1 else pd.DataFrame()
+    swept = swept_keys([parse_overrides(member) for member in _members(folder)])
+    figures = draw_all(folder, table, long, swept)
+
+    shown = table.sort_values("test_neg_elbo_nats", na_position="last") if "test_neg_elbo_nats" in table else table
+    out = Table(title=f"{len(table)} members, sorted by test -ELBO (test set, nats per image)")
+    for column in ("member", "status", "-ELBO", "recon", "KL", "seconds"):
+        out.add_column(column, justify="left" if column in ("member", "status") else "right", no_wrap=True)
+    varying = [key for key in swept if key in table and table[key].nunique(dropna=False) > 1] or swept
+    for _, row in shown.iterrows():
+        label = " ".join(f"{key}={row.get(key)}" for key in varying) if row.get("member") else row.get("overrides")
+        cells = [str(label), str(row.get("status", ""))]
+        for column in ("test_neg_elbo_nats", "test_recon_nats", "test_kl_nats", "seconds"):
+            value = row.get(column)
+            cells.append("" if value is None or pd.isna(value) else f"{float(value):.2f}")
+        out.add_row(*cells, style="red" if row.get("status") != "ok" else None)
+    Console().print(out)
+    console.print(f"wrote {folder / SWEEP_CSV}, {folder / LONG_CSV} and {len(figures)} figures")
+    failed = table[table.status != "ok"] if "status" in table else table.iloc[0:0]
+    if len(failed):
+        console.print(f"[red]{len(failed)} of {len(table)} members failed:[/red]")
+        for _, row in failed.iterrows():
+            console.print(f"  {row['overrides']}: {row['error']}")
+        return 1
+    return 0
+
+
+def _members(folder: Path) -> list[Path]:
+    from vaecli.aggregate import member_dirs
+
+    return member_dirs(folder)

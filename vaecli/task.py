@@ -7,6 +7,7 @@ other members go on and aggregation sees every member's status, whatever the lau
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -73,49 +74,48 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def config_hash(cfg: DictConfig) -> str:
+    """What decides a run's results: the resolved config without where and how fast it runs."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for section, key in ((None, "device"), (None, "threads"), ("data", "root"), ("train", "progress")):
+        (container[section] if section else container).pop(key, None)  # type: ignore[index, union-attr]
+    return hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Hydra's task function (kept undecorated so launchers can pickle it by name)."""
     out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
-    sweeping = in_sweep()
+    sweeping, fingerprint = in_sweep(), config_hash(cfg)
     if sweeping:
         done = read_result(out_dir)
-        if done and done.get("status") == "ok" and (out_dir / "checkpoint.pt").is_file():
-            log.info("already completed; skipped")
+        if done and done.get("status") == "ok" and done.get("config_hash") == fingerprint:
+            log.info("already completed with this config; skipped")
             return done
     started = time.time()
-    write_result(
-        out_dir,
-        status="running",
-        started=started,
-        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
-        host=os.uname().nodename,
-        pid=os.getpid(),
-    )
+    where = {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": os.uname().nodename, "pid": os.getpid()}
+    write_result(out_dir, status="running", started=started, config_hash=fingerprint, **where)
     try:
         from vaecli.pipeline import train_and_save
 
         result = train_and_save(cfg, out_dir, threads=threads_for(cfg), interactive=not sweeping)
     except BaseException as error:
         message = f"{type(error).__name__}: {error}"
+        elapsed = round(time.time() - started, 3)
         write_result(
             out_dir,
             status="failed",
             error=message,
-            seconds=round(time.time() - started, 3),
-            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+            seconds=elapsed,
+            config_hash=fingerprint,
+            **where,
             traceback=traceback.format_exc(),
         )
         log.error("run failed: %s", message)
         if sweeping and isinstance(error, Exception):
             return {"status": "failed", "error": message}
         raise
-    write_result(
-        out_dir,
-        status="ok",
-        seconds=round(time.time() - started, 3),
-        slurm_job_id=os.environ.get("SLURM_JOB_ID"),
-        **result,
-    )
+    elapsed = round(time.time() - started, 3)
+    write_result(out_dir, status="ok", seconds=elapsed, config_hash=fingerprint, **where, **result)
     return {"status": "ok", **result}
 
 

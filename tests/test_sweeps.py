@@ -1,0 +1,160 @@
+"""`vae sweep` on a small real slice: launchers, aggregation, failures, resume and --report."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from tests.conftest import invoke
+from vaecli.sweep import plan
+
+GRID = ["beta=0,0.5", "latent_size=2,4"]
+EXPECTED_MEMBERS = {"beta=0,latent_size=2", "beta=0,latent_size=4", "beta=0.5,latent_size=2", "beta=0.5,latent_size=4"}
+PLOTS = [
+    "loss_curves.png",
+    "rate_distortion.png",
+    "neg_elbo.png",
+    "montage_reconstructions.png",
+    "montage_traversal.png",
+]
+
+
+def sweep(runner, tiny, sweep_dir, *overrides):
+    return invoke(runner, "sweep", *tiny, *overrides, f"hydra.sweep.dir={sweep_dir}")
+
+
+def member_folders(sweep_dir):
+    return {path.parent.parent.name for path in sweep_dir.glob("*/.hydra/config.yaml")}
+
+
+@pytest.fixture(scope="module")
+def basic_sweep(tmp_path_factory, runner, tiny):
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "basic"
+    result = sweep(runner, tiny, sweep_dir, *GRID)
+    assert result.exit_code == 0, result.output
+    return sweep_dir, result
+
+
+def test_basic_launcher_runs_every_member_as_a_full_run(basic_sweep):
+    sweep_dir, result = basic_sweep
+    assert member_folders(sweep_dir) == EXPECTED_MEMBERS
+    for member in EXPECTED_MEMBERS:
+        for name in ("metrics.csv", "checkpoint.pt", "loss.png", "reconstructions.png", "traversal.png"):
+            assert (sweep_dir / member / name).is_file()
+    assert "4 members" in result.stdout
+
+
+def test_sweep_csv_has_one_typed_row_per_member(basic_sweep):
+    sweep_dir, _ = basic_sweep
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert len(table) == 4 and set(table.status) == {"ok"}
+    assert sorted(table.latent_size.unique()) == [2, 4] and sorted(table.beta.unique()) == [0.0, 0.5]
+    for column in (
+        "overrides",
+        "seconds",
+        "train_loss",
+        "train_neg_elbo_nats",
+        "test_reconstruction",
+        "test_kl",
+        "test_recon_nats",
+        "test_kl_nats",
+        "test_neg_elbo_nats",
+    ):
+        assert column in table and table[column].notna().all(), column
+    long = pd.read_csv(sweep_dir / "metrics_long.csv")
+    assert set(long.member) == EXPECTED_MEMBERS and {"beta", "latent_size", "step", "split"} <= set(long.columns)
+    for name in PLOTS:
+        assert (sweep_dir / name).stat().st_size > 1000, name
+
+
+def test_plain_autoencoder_members_have_larger_kl(basic_sweep):
+    table = pd.read_csv(basic_sweep[0] / "sweep.csv")
+    assert table[table.beta == 0].test_kl_nats.min() > table[table.beta == 0.5].test_kl_nats.max()
+
+
+def test_joblib_runs_members_in_parallel_processes(runner, tiny, tmp_path):
+    result = sweep(runner, tiny, tmp_path / "joblib", *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "joblib" / "sweep.csv")
+    assert len(table) == 4 and set(table.status) == {"ok"}
+    pids = {json.loads((tmp_path / "joblib" / m / "result.json").read_text())["pid"] for m in EXPECTED_MEMBERS}
+    assert len(pids) >= 2  # not the launching process alone
+    multirun = (tmp_path / "joblib" / "multirun.yaml").read_text()
+    assert "JoblibLauncher" in multirun
+
+
+def test_failed_member_is_recorded_and_the_others_run(runner, tiny, tmp_path):
+    sweep_dir = tmp_path / "failing"
+    result = sweep(runner, tiny, sweep_dir, "beta=0,0.5", "+fail_at_step=3,null")
+    assert result.exit_code == 1
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert len(table) == 4
+    failed = table[table.status == "failed"]
+    assert len(failed) == 2 and failed.error.str.contains("failing at step 3").all()
+    assert (table[table.status == "ok"].test_neg_elbo_nats > 0).all()
+    assert "2 of 4 members failed" in result.stderr
+
+
+def test_resume_skips_completed_members_and_reruns_failed_ones(runner, tiny, tmp_path):
+    sweep_dir = tmp_path / "resume"
+    assert sweep(runner, tiny, sweep_dir, *GRID).exit_code == 0
+    done = sweep_dir / "beta=0,latent_size=2"
+    broken = sweep_dir / "beta=0.5,latent_size=4"
+    kept_stamp = (done / "checkpoint.pt").stat().st_mtime_ns
+    (broken / "result.json").write_text(json.dumps({"status": "failed", "error": "simulated"}))
+    shutil.rmtree(sweep_dir / "beta=0.5,latent_size=2")
+    result = sweep(runner, tiny, sweep_dir, *GRID)
+    assert result.exit_code == 0, result.output
+    assert (done / "checkpoint.pt").stat().st_mtime_ns == kept_stamp
+    assert json.loads((broken / "result.json").read_text())["status"] == "ok"
+    assert (sweep_dir / "beta=0.5,latent_size=2" / "checkpoint.pt").is_file()
+    assert set(pd.read_csv(sweep_dir / "sweep.csv").status) == {"ok"}
+
+
+def test_report_aggregates_a_copied_sweep_folder(basic_sweep, runner, tmp_path):
+    copy = tmp_path / "copied"
+    shutil.copytree(basic_sweep[0], copy)
+    for name in ("sweep.csv", "metrics_long.csv", *PLOTS):
+        (copy / name).unlink()
+    result = invoke(runner, "sweep", "--report", str(copy))
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(copy / "sweep.csv")) == 4
+    assert all((copy / name).is_file() for name in PLOTS)
+
+
+def test_report_refuses_a_folder_without_members(runner, tmp_path):
+    result = invoke(runner, "sweep", "--report", str(tmp_path))
+    assert result.exit_code == 2 and "no sweep members" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (["beta=0,-1"], "beta=-1.0 is not allowed"),
+        (["latent_size=2,abc"], "bad value for latent_size"),
+        (["beta=0,1", "hydra/launcher=nonesuch"], "no config 'hydra/launcher/nonesuch'"),
+        (["betta=0,1"], "unknown config key 'betta'"),
+    ],
+)
+def test_bad_grids_are_refused_before_anything_runs(runner, tmp_path, grid, message):
+    result = invoke(runner, "sweep", *grid, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_default_study_and_hydra_sweep_syntax():
+    default = plan(["train.steps=10"])
+    assert len(default.members) == 16
+    assert {m for member in default.members for m in member if m.startswith("beta=")} == {
+        "beta=0",
+        "beta=0.01",
+        "beta=0.1",
+        "beta=1",
+    }
+    ranged = plan(["latent_size=range(2,8,2)", "beta=choice(0,1)"])
+    assert len(ranged.members) == 6
+    slurm = plan(["beta=0,1", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug"])
+    assert "hydra.launcher.partition=debug" in slurm.arguments
+    assert "hydra.launcher.cpus_per_task=2" in slurm.arguments and "hydra.launcher.timeout_min=60" in slurm.arguments

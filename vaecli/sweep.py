@@ -1,0 +1,184 @@
+"""`vae sweep`: plan a grid, check every member, run it through Hydra's multirun, report.
+
+Every member is an ordinary run of :mod:`vaecli.task` in its own folder. Members record their
+own status (result.json), so aggregation works the same for the basic launcher, joblib,
+submitit and a sweep folder copied back from a cluster, and never depends on Hydra callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vaecli.commands import has_key, quote_value
+from vaecli.launch import UsageError, compose, expand_sweep
+
+PLAN_NAME = "sweep.json"
+SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
+
+
+@dataclass
+class SweepPlan:
+    task_overrides: list[str]
+    hydra_overrides: list[str]
+    members: list[list[str]]
+    sweep_dir: Path
+    launcher: str
+    arguments: list[str] = field(default_factory=list)
+
+
+def is_hydra_override(item: str) -> bool:
+    key = item.lstrip("+~").split("=", 1)[0]
+    return key.startswith("hydra.") or key.startswith("hydra/")
+
+
+def is_sweep(item: str) -> bool:
+    value = item.split("=", 1)[1] if "=" in item else ""
+    if value.startswith("[") or value.startswith("'") or value.startswith('"'):
+        return False
+    return any(token in value for token in SWEEP_SYNTAX)
+
+
+def conf_yaml(*parts: str) -> dict | None:
+    """A YAML file shipped in the vaecli.conf package, as a dict (None when absent)."""
+    resource = resources.files("vaecli.conf").joinpath(*parts)
+    if not resource.is_file():
+        return None
+    return OmegaConf.to_container(OmegaConf.create(resource.read_text()))  # type: ignore[return-value]
+
+
+def default_grid(name: str) -> dict:
+    grid = conf_yaml("sweep", f"{name}.yaml")
+    if grid is None:
+        raise UsageError(f"no sweep grid '{name}' in conf/sweep/; pass key=v1,v2 overrides instead")
+    return grid
+
+
+def launcher_choice(hydra_overrides: Sequence[str]) -> str:
+    for item in hydra_overrides:
+        if item.split("=", 1)[0] == "hydra/launcher":
+            return item.split("=", 1)[1]
+    return "basic"
+
+
+def launcher_preset(launcher: str, hydra_overrides: Sequence[str]) -> list[str]:
+    """vaecli's defaults for this launcher (conf/launcher/<name>.yaml) the command line did not set."""
+    preset = conf_yaml("launcher", f"{launcher}.yaml") or {}
+    return [
+        f"hydra.launcher.{key}={'null' if value is None else value}"
+        for key, value in preset.items()
+        if not has_key(hydra_overrides, f"hydra.launcher.{key}")
+    ]
+
+
+def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
+    """Expand and check the whole grid; nothing is written, so a bad value leaves no folder."""
+    task = [item for item in overrides if not is_hydra_override(item)]
+    hydra_part = [item for item in overrides if is_hydra_override(item)]
+    if not any(is_sweep(item) for item in task):
+        given = {item.lstrip("+~").split("=", 1)[0] for item in task}
+        task = [f"{key}={value}" for key, value in default_grid(grid).items() if key not in given] + task
+    launcher = launcher_choice(hydra_part)
+    hydra_part = [*hydra_part, *launcher_preset(launcher, hydra_part)]
+    members = expand_sweep(task)
+    composed = [compose([*member, *hydra_part], with_hydra=True) for member in members][0]
+    fixed = [item.lstrip("+~").split("=", 1)[0] for item in task if not is_sweep(item)]
+    exclude_key = "hydra.job.config.override_dirname.exclude_keys"
+    if fixed and not has_key(hydra_part, exclude_key):
+        # name member folders by the swept keys alone: beta=0,latent_size=2
+        excluded = [*OmegaConf.select(composed, exclude_key), *fixed]
+        hydra_part.append(f"{exclude_key}=[{','.join(excluded)}]")
+    sweep_dir = Path(composed.hydra.sweep.dir)
+    arguments = ["--multirun", *task, *hydra_part]
+    if not has_key(hydra_part, "hydra.sweep.dir"):
+        arguments.append(f"hydra.sweep.dir={quote_value(str(sweep_dir))}")
+    return SweepPlan(task, hydra_part, members, sweep_dir, launcher, arguments)
+
+
+def write_plan(sweep_plan: SweepPlan) -> None:
+    sweep_plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "members": sweep_plan.members,
+        "task_overrides": sweep_plan.task_overrides,
+        "hydra_overrides": sweep_plan.hydra_overrides,
+        "launcher": sweep_plan.launcher,
+        "written": time.time(),
+    }
+    (sweep_plan.sweep_dir / PLAN_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+class Monitor:
+    """Polls member folders for their status and drives a rich progress bar."""
+
+    def __init__(self, sweep_dir: Path, total: int, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.sweep_dir, self.total = sweep_dir, total
+        self.progress = Progress(
+            TextColumn("[bold]sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[running]} running"),
+            TimeRemainingColumn(),
+            console=console,
+            redirect_stderr=False,
+            redirect_stdout=False,
+        )
+        self.task_id = self.progress.add_task("members", total=total, ok=0, failed=0, running=0)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def counts(self) -> dict[str, int]:
+        counts = {"ok": 0, "failed": 0, "running": 0}
+        for result in self.sweep_dir.rglob("result.json"):
+            try:
+                status = json.loads(result.read_text()).get("status")
+            except (OSError, ValueError):
+                continue  # being written
+            if status in counts:
+                counts[status] += 1
+        return counts
+
+    def _poll(self) -> None:
+        while not self.stopping.wait(0.5):
+            self.refresh()
+
+    def refresh(self) -> None:
+        counts = self.counts()
+        self.progress.update(self.task_id, completed=counts["ok"] + counts["failed"], **counts)
+
+    def __enter__(self) -> Monitor:
+        self.progress.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.refresh()
+        self.progress.stop()
+
+
+def wait_for_scheduler(sweep_dir: Path, timeout_s: float = 3600) -> None:
+    """After submitit gave up on one job, let the other SLURM array tasks finish before reporting."""
+    job_ids = sorted({path.name.split("_")[0] for path in (sweep_dir / ".submitit").glob("*") if path.is_dir()})
+    job_ids = [job_id for job_id in job_ids if job_id.isdigit()]
+    deadline = time.time() + timeout_s
+    while job_ids and time.time() < deadline:
+        try:
+            listed = subprocess.run(
+                ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        if listed.returncode != 0 or not listed.stdout.strip():
+            return
+        time.sleep(2)
