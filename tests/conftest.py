@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,23 @@ def trained_run(tmp_path_factory, runner: CliRunner, tiny: list[str]) -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def slurm_reachable() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A live SLURM cluster; under CI=true its absence is a failure, elsewhere a skip."""
+    if slurm_reachable():
+        return
+    message = 'no SLURM cluster reachable: run `eval "$(scripts/slurm-local.sh start)"` first'
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)

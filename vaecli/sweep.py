@@ -90,7 +90,8 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     hydra_part = [*hydra_part, *launcher_preset(launcher, hydra_part)]
     members = expand_sweep(task)
     composed = [compose([*member, *hydra_part], with_hydra=True) for member in members][0]
-    fixed = [item.lstrip("+~").split("=", 1)[0] for item in task if not is_sweep(item)]
+    swept = {item.lstrip("+~").split("=", 1)[0] for item in task if is_sweep(item)}
+    fixed = [key for key in (item.lstrip("+~").split("=", 1)[0] for item in task) if key not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
     if fixed and not has_key(hydra_part, exclude_key):
         # name member folders by the swept keys alone: beta=0,latent_size=2

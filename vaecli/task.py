@@ -74,6 +74,12 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def slurm_job_id() -> str | None:
+    """This task's SLURM id as scancel and sacct take it: ``<array job>_<task>`` inside an array."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+
+
 def config_hash(cfg: DictConfig) -> str:
     """What decides a run's results: the resolved config without where and how fast it runs."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -92,7 +98,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.info("already completed with this config; skipped")
             return done
     started = time.time()
-    where = {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": os.uname().nodename, "pid": os.getpid()}
+    where = {"slurm_job_id": slurm_job_id(), "host": os.uname().nodename, "pid": os.getpid()}
     write_result(out_dir, status="running", started=started, config_hash=fingerprint, **where)
     try:
         from vaecli.pipeline import train_and_save
