@@ -79,7 +79,8 @@ class Batches:
         if not self.shuffle:
             return self.images[start : start + self.batch_size]
         if position == 0 or self.order is None:
-            self.order = torch.randperm(len(self.images), generator=self.generator)
+            # drawn on the CPU generator (the same order on every device), used where the images are
+            self.order = torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
         return self.images.index_select(0, self.order[start : start + self.batch_size])
 
     def epoch(self, step: int) -> float:
