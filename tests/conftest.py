@@ -54,11 +54,6 @@ def trained_run(tmp_path_factory, runner: CliRunner, tiny: list[str]) -> Path:
     return run_dir
 
 
-@pytest.fixture(autouse=True)
-def _quiet_threads(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-
-
 def slurm_reachable() -> bool:
     if shutil.which("sinfo") is None:
         return False

@@ -17,6 +17,7 @@ SLURM = [
     "hydra.launcher.partition=debug",
     "hydra.launcher.cpus_per_task=1",
     "hydra.launcher.mem_gb=1",
+    "threads=0",  # automatic: each member must pin itself to the CPUs SLURM gives it
     "hydra.launcher.timeout_min=10",
 ]
 
@@ -51,6 +52,7 @@ def test_grid_runs_as_slurm_jobs_and_aggregates(runner, tiny, tmp_path):
     assert len(table) == 4 and set(table.status) == {"ok"} and table.slurm_job_id.notna().all()
     for member in table.member:
         assert (sweep_dir / member / "checkpoint.pt").is_file() and (sweep_dir / member / "metrics.csv").is_file()
+        assert "(cpu, 1 threads)" in (sweep_dir / member / "train.log").read_text()  # pinned to cpus_per_task
     states = wait_for_sacct(sweep_dir, "COMPLETED", 4)
     assert set(states.values()) == {"COMPLETED"}, states
     assert list((sweep_dir / ".submitit").glob("*/*_log.out"))  # the scheduler's logs land in the sweep

@@ -58,7 +58,6 @@ def register() -> None:
     ConfigStore.instance().store(name="vaecli_schema", node=Config)
 
 
-
 class ConfigValueError(ValueError):
     """A value that type-checks but cannot be used; the message names the key."""
 
