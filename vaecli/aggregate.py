@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -89,8 +90,15 @@ def final_metrics(metrics: pd.DataFrame) -> dict[str, float]:
     return row
 
 
-def aggregate(sweep_dir: Path) -> pd.DataFrame:
-    """Write sweep.csv and metrics_long.csv and return the sweep table."""
+@dataclass
+class SweepReport:
+    table: pd.DataFrame  # one row per member (sweep.csv)
+    long: pd.DataFrame  # every member's metrics rows (metrics_long.csv)
+    swept: list[str]  # the keys the members' overrides set
+
+
+def aggregate(sweep_dir: Path) -> SweepReport:
+    """Write sweep.csv and metrics_long.csv for a sweep folder, whatever state it is in."""
     sweep_dir = Path(sweep_dir)
     members = member_dirs(sweep_dir)
     overrides = [parse_overrides(member) for member in members]
@@ -117,7 +125,7 @@ def aggregate(sweep_dir: Path) -> pd.DataFrame:
     table.to_csv(sweep_dir / SWEEP_CSV, index=False)
     long = pd.concat(long_frames, ignore_index=True) if long_frames else pd.DataFrame()
     long.to_csv(sweep_dir / LONG_CSV, index=False)
-    return table
+    return SweepReport(table, long, keys)
 
 
 def missing_members(sweep_dir: Path, found: list[dict[str, str]]) -> list[dict[str, object]]:

@@ -153,14 +153,12 @@ def report(folder: Path, console) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from vaecli.aggregate import LONG_CSV, SWEEP_CSV, aggregate, parse_overrides, swept_keys
+    from vaecli.aggregate import LONG_CSV, SWEEP_CSV, aggregate
     from vaecli.sweep_figures import draw_all
 
-    table = aggregate(folder)
-    long_path = folder / LONG_CSV
-    long = pd.read_csv(long_path) if long_path.stat().st_size > 1 else pd.DataFrame()
-    swept = swept_keys([parse_overrides(member) for member in _members(folder)])
-    figures = draw_all(folder, table, long, swept)
+    result = aggregate(folder)
+    table, swept = result.table, result.swept
+    figures = draw_all(folder, table, result.long, swept)
 
     shown = table.sort_values("test_neg_elbo_nats", na_position="last") if "test_neg_elbo_nats" in table else table
     out = Table(title=f"{len(table)} members, sorted by test -ELBO (test set, nats per image)")
@@ -183,9 +181,3 @@ def report(folder: Path, console) -> int:
             console.print(f"  {row['overrides']}: {row['error']}")
         return 1
     return 0
-
-
-def _members(folder: Path) -> list[Path]:
-    from vaecli.aggregate import member_dirs
-
-    return member_dirs(folder)

@@ -126,7 +126,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 main = hydra.main(config_path="pkg://vaecli.conf", config_name="config", version_base="1.3")(run)
-
-
-def resolved_container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
