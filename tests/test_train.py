@@ -1,6 +1,7 @@
 """`vae train` end to end on a small real slice: files, metrics rows, determinism, failures."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ from tests.conftest import invoke
 from vaecli.figures import grid_size
 from vaecli.train import METRIC_COLUMNS, TIMING_COLUMNS, eval_steps, log_steps
 
+FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 RUN_FILES = [
     ".hydra/config.yaml",
     ".hydra/overrides.yaml",
@@ -107,3 +109,31 @@ def test_seed_config_reaches_the_seed_quality(runner, data_root, tmp_path):
     final = pd.read_csv(tmp_path / "metrics.csv").iloc[-1]
     assert final.split == "test" and final.step == 1024
     assert final.neg_elbo_nats < 147
+
+
+def test_missing_dataset_is_one_line_and_leaves_no_folder(runner, tmp_path, monkeypatch):
+    import dataclasses
+
+    from vaecli import sources
+
+    offline = dataclasses.replace(sources.FASHION_MNIST, system_dirs=(str(tmp_path / "nowhere"),))
+    monkeypatch.setitem(sources.DATASETS, "fashion_mnist", offline)
+    monkeypatch.setattr(sources, "_torchvision_download", lambda *args: (_ for _ in ()).throw(OSError("offline")))
+    result = invoke(
+        runner, "train", "data=fashion_mnist", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert result.exit_code == 1
+    assert (
+        "no verified fashion_mnist files" in result.stderr and "apt-get install dataset-fashion-mnist" in result.stderr
+    )
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not FASHION_SYSTEM_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist (CI installs it)")
+def test_fashion_mnist_from_the_system_package(runner, tiny, tmp_path):
+    overrides = [item for item in tiny if not item.startswith("data.root=")]
+    result = train(runner, overrides, tmp_path / "run", "data=fashion_mnist", f"data.root={tmp_path / 'data'}")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv").neg_elbo_nats.notna().all()

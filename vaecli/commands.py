@@ -56,6 +56,20 @@ def check_device(name: str) -> None:
         raise UsageError(str(error)) from None
 
 
+def prepare_data(configs) -> None:
+    """Find or fetch each dataset before Hydra makes folders: a missing dataset leaves none behind."""
+    from rich.console import Console
+
+    from vaecli.sources import DATASETS, DataUnavailableError, ensure_dataset
+
+    console = Console(stderr=True)
+    for name, root in sorted({(cfg.data.name, cfg.data.root) for cfg in configs}):
+        try:
+            ensure_dataset(DATASETS[name], Path(root), say=lambda message: console.print(f"[dim]{message}[/dim]"))
+        except DataUnavailableError as error:
+            raise RunError(str(error)) from None
+
+
 def train(overrides: Sequence[str], cfg_flag: str | None, resolve: bool) -> Path:
     """Run one training through Hydra and return its run folder."""
     if cfg_flag is not None:
@@ -63,6 +77,7 @@ def train(overrides: Sequence[str], cfg_flag: str | None, resolve: bool) -> Path
         return Path.cwd()
     composed = compose(overrides, with_hydra=True)
     check_device(composed.device)
+    prepare_data([composed])
     run_dir = Path(composed.hydra.run.dir)
     arguments = list(overrides)
     if not has_key(overrides, "hydra.run.dir"):
@@ -130,6 +145,7 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         f"sweep of {len(sweep_plan.members)} members through the {sweep_plan.launcher} launcher into "
         f"[bold]{sweep_plan.sweep_dir}[/bold]"
     )
+    prepare_data(sweep_plan.configs)
     sweeps.write_plan(sweep_plan)
     launch_error = None
     with sweeps.Monitor(sweep_plan.sweep_dir, len(sweep_plan.members), console):

@@ -96,14 +96,30 @@ def run_hydra(arguments: Iterable[str]) -> Any:
     """Call Hydra's main as if from a shell, raising (not exiting) on errors."""
     from vaecli.task import main
 
-    saved_argv, saved_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    saved_argv, saved_error, saved_stderr = sys.argv, os.environ.get("HYDRA_FULL_ERROR"), sys.stderr
     sys.argv = ["vae", *arguments]
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.stderr = _WithoutHydraJobErrors(saved_stderr)
     try:
         return main()
     finally:
-        sys.argv = saved_argv
+        sys.argv, sys.stderr = saved_argv, saved_stderr
         if saved_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_error
+
+
+class _WithoutHydraJobErrors:
+    """stderr minus Hydra's "Error executing job with overrides: ..." line: the CLI says it in one line."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides:"):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

@@ -49,10 +49,14 @@ def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bo
         task_id = bar.add_task("train", total=None, loss=float("nan"), rate=0.0)
 
         def on_progress(step: int, steps: int, loss: float, rate: float) -> None:
+            if not bar.live.is_started:  # only once training runs: data messages print plainly before
+                bar.start()
             bar.update(task_id, completed=step, total=steps, loss=loss, rate=rate)
 
-        with bar:
+        try:
             result = train(cfg, out_dir, on_progress=on_progress, say=say)
+        finally:
+            bar.stop()
     else:
         result = train(cfg, out_dir, say=say)
 

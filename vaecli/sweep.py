@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -32,6 +33,7 @@ class SweepPlan:
     members: list[list[str]]
     sweep_dir: Path
     launcher: str
+    configs: list[Any]  # each member's composed config, already checked
     arguments: list[str] = field(default_factory=list)
 
 
@@ -89,7 +91,8 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     launcher = launcher_choice(hydra_part)
     hydra_part = [*hydra_part, *launcher_preset(launcher, hydra_part)]
     members = expand_sweep(task)
-    composed = [compose([*member, *hydra_part], with_hydra=True) for member in members][0]
+    configs = [compose([*member, *hydra_part], with_hydra=True) for member in members]
+    composed = configs[0]
     swept = {item.lstrip("+~").split("=", 1)[0] for item in task if is_sweep(item)}
     fixed = [key for key in (item.lstrip("+~").split("=", 1)[0] for item in task) if key not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
@@ -101,7 +104,7 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     arguments = ["--multirun", *task, *hydra_part]
     if not has_key(hydra_part, "hydra.sweep.dir"):
         arguments.append(f"hydra.sweep.dir={quote_value(str(sweep_dir))}")
-    return SweepPlan(task, hydra_part, members, sweep_dir, launcher, arguments)
+    return SweepPlan(task, hydra_part, members, sweep_dir, launcher, configs, arguments)
 
 
 def write_plan(sweep_plan: SweepPlan) -> None:
