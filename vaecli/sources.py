@@ -96,17 +96,24 @@ def bad_files(spec: DatasetSpec, root: Path) -> list[str]:
     return [name for name in IDX_FILES if not (raw / name).is_file() or md5_of(raw / name) != spec.raw_md5[name]]
 
 
-_verified_here: set[tuple[str, Path]] = set()  # checked by this process already (the CLI, then the run)
+_verified_here: set[tuple] = set()  # files this process checked already (the CLI, then the run)
+
+
+def _stamp(spec: DatasetSpec, root: Path) -> tuple:
+    """Name, root and each file's size and mtime: a file changed since its check is checked again."""
+    raw = spec.raw_dir(root)
+    stats = [(raw / name).stat() if (raw / name).is_file() else None for name in IDX_FILES]
+    return (spec.name, root, *((st.st_size, st.st_mtime_ns) if st else None for st in stats))
 
 
 def ensure_dataset(spec: DatasetSpec, root: Path, say: Callable[[str], None] = log.info) -> Path:
     """Make ``root`` hold verified raw files for ``spec``, trying each source in turn."""
     root = root.expanduser()
-    if (spec.name, root) in _verified_here:
+    if _stamp(spec, root) in _verified_here:
         return root
     missing = bad_files(spec, root)
     if not missing:
-        _verified_here.add((spec.name, root))
+        _verified_here.add(_stamp(spec, root))
         return root
     raw = spec.raw_dir(root)
     present = [name for name in missing if (raw / name).exists()]
@@ -126,7 +133,7 @@ def ensure_dataset(spec: DatasetSpec, root: Path, say: Callable[[str], None] = l
         still_bad = bad_files(spec, root)
         if not still_bad:
             say(f"{spec.name}: verified {len(IDX_FILES)} files under {raw}")
-            _verified_here.add((spec.name, root))
+            _verified_here.add(_stamp(spec, root))
             return root
         tried.append(f"{label}: checksum mismatch for {', '.join(still_bad)}")
         for name in still_bad:
