@@ -5,22 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from vaecli.launch import UsageError, compose, describe, first_line, run_hydra
+from vaecli.launch import UsageError, compose, describe, first_line, has_key, quote_value, run_hydra
 
 CFG_CHOICES = ("job", "hydra", "all")
 
 
 class RunError(RuntimeError):
     """The input was fine but the run could not finish; the message says why."""
-
-
-def quote_value(value: str) -> str:
-    """A path as a Hydra override value, whatever characters it holds."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def has_key(overrides: Sequence[str], key: str) -> bool:
-    return any(item.lstrip("+~").split("=", 1)[0] == key for item in overrides)
 
 
 def fresh_folder(path: Path) -> Path:
@@ -58,16 +49,21 @@ def check_device(name: str) -> None:
 
 def prepare_data(configs) -> None:
     """Find or fetch each dataset before Hydra makes folders: a missing dataset leaves none behind."""
+    for name, root in sorted({(cfg.data.name, cfg.data.root) for cfg in configs}):
+        ensure_data(name, Path(root))
+
+
+def ensure_data(name: str, root: Path) -> None:
+    """One dataset verified (or fetched) under ``root``, its progress on stderr; RunError if impossible."""
     from rich.console import Console
 
     from vaecli.sources import DATASETS, DataUnavailableError, ensure_dataset
 
     console = Console(stderr=True)
-    for name, root in sorted({(cfg.data.name, cfg.data.root) for cfg in configs}):
-        try:
-            ensure_dataset(DATASETS[name], Path(root), say=lambda message: console.print(f"[dim]{message}[/dim]"))
-        except DataUnavailableError as error:
-            raise RunError(str(error)) from None
+    try:
+        ensure_dataset(DATASETS[name], root, say=lambda message: console.print(f"[dim]{message}[/dim]"))
+    except DataUnavailableError as error:
+        raise RunError(str(error)) from None
 
 
 def train(overrides: Sequence[str], cfg_flag: str | None, resolve: bool) -> Path:
@@ -107,21 +103,15 @@ def launch_run(arguments: Sequence[str]) -> None:
 
 
 def fetch_data(names: Sequence[str], root: str | None) -> None:
-    from rich.console import Console
-
     from vaecli.data import default_root
-    from vaecli.sources import DATASETS, IDX_FILES, DataUnavailableError, ensure_dataset
+    from vaecli.sources import DATASETS, IDX_FILES
 
     unknown = [name for name in names if name not in DATASETS]
     if unknown:
         raise UsageError(f"unknown dataset {unknown[0]!r}; choose from: {', '.join(DATASETS)}")
-    console = Console(stderr=True)
     folder = Path(root).expanduser() if root else default_root()
     for name in names:
-        try:
-            ensure_dataset(DATASETS[name], folder, say=lambda message: console.print(f"[dim]{message}[/dim]"))
-        except DataUnavailableError as error:
-            raise RunError(str(error)) from None
+        ensure_data(name, folder)
         print(f"{name}: {len(IDX_FILES)} verified files under {DATASETS[name].raw_dir(folder)}")
 
 

@@ -20,6 +20,20 @@ class UsageError(ValueError):
     """Bad input from the command line; the message is one line that says what to fix."""
 
 
+def override_key(item: str) -> str:
+    """The key an override sets: ``+a.b=1``, ``~a.b`` and ``a.b=1`` all give ``a.b``."""
+    return item.lstrip("+~").split("=", 1)[0]
+
+
+def has_key(overrides: Sequence[str], key: str) -> bool:
+    return any(override_key(item) == key for item in overrides)
+
+
+def quote_value(value: str) -> str:
+    """A path as a Hydra override value, whatever characters it holds."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def first_line(text: str) -> str:
     return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 

@@ -19,8 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vaecli.commands import has_key, quote_value
-from vaecli.launch import UsageError, compose, expand_sweep
+from vaecli.launch import UsageError, compose, expand_sweep, has_key, override_key, quote_value
 
 PLAN_NAME = "sweep.json"
 SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
@@ -38,7 +37,7 @@ class SweepPlan:
 
 
 def is_hydra_override(item: str) -> bool:
-    key = item.lstrip("+~").split("=", 1)[0]
+    key = override_key(item)
     return key.startswith("hydra.") or key.startswith("hydra/")
 
 
@@ -86,15 +85,15 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     task = [item for item in overrides if not is_hydra_override(item)]
     hydra_part = [item for item in overrides if is_hydra_override(item)]
     if not any(is_sweep(item) for item in task):
-        given = {item.lstrip("+~").split("=", 1)[0] for item in task}
+        given = {override_key(item) for item in task}
         task = [f"{key}={value}" for key, value in default_grid(grid).items() if key not in given] + task
     launcher = launcher_choice(hydra_part)
     hydra_part = [*hydra_part, *launcher_preset(launcher, hydra_part)]
     members = expand_sweep(task)
     configs = [compose([*member, *hydra_part], with_hydra=True) for member in members]
     composed = configs[0]
-    swept = {item.lstrip("+~").split("=", 1)[0] for item in task if is_sweep(item)}
-    fixed = [key for key in (item.lstrip("+~").split("=", 1)[0] for item in task) if key not in swept]
+    swept = {override_key(item) for item in task if is_sweep(item)}
+    fixed = [override_key(item) for item in task if override_key(item) not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
     if fixed and not has_key(hydra_part, exclude_key):
         # name member folders by the swept keys alone: beta=0,latent_size=2
@@ -125,7 +124,7 @@ class Monitor:
     def __init__(self, sweep_dir: Path, total: int, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.sweep_dir, self.total = sweep_dir, total
+        self.sweep_dir = sweep_dir
         self.progress = Progress(
             TextColumn("[bold]sweep"),
             BarColumn(),
