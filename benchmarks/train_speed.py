@@ -90,7 +90,7 @@ def time_dataloader(root: str, steps: int) -> float:
 
 
 def time_tool(root: str, steps: int) -> tuple[float, float]:
-    from vaecli.launch import compose
+    from vaecli.hydra_bridge import compose
     from vaecli.train import train
 
     cfg = compose([f"data.root={root}", f"train.steps={steps}", "train.progress=false"])
@@ -161,7 +161,8 @@ def main() -> None:
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process comparison")
     args = parser.parse_args()
 
-    from vaecli.data import default_root, load_split
+    from vaecli.config import default_root
+    from vaecli.data import load_split
 
     root = str(args.root or default_root())
     images = load_split("mnist", root, train=True).images

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from vaecli.cli import app
-from vaecli.data import default_root
-from vaecli.sources import DATASETS, ensure_dataset
+from vaecli.config import default_root
+from vaecli.datasets import DATASETS, ensure_dataset
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +52,18 @@ def trained_run(tmp_path_factory, runner: CliRunner, tiny: list[str]) -> Path:
     result = invoke(runner, "train", *tiny, "train.steps=40", f"hydra.run.dir={run_dir}")
     assert result.exit_code == 0, result.output
     return run_dir
+
+
+@pytest.fixture
+def offline_fashion_mnist(tmp_path, monkeypatch):
+    """Fashion-MNIST with no system folder and a download that fails, as on a machine cut off from it."""
+    import dataclasses
+
+    from vaecli import datasets
+
+    offline = dataclasses.replace(datasets.FASHION_MNIST, system_dirs=(str(tmp_path / "nowhere"),))
+    monkeypatch.setitem(datasets.DATASETS, "fashion_mnist", offline)
+    monkeypatch.setattr(datasets, "_torchvision_download", lambda *args: (_ for _ in ()).throw(OSError("offline")))
 
 
 def slurm_reachable() -> bool:

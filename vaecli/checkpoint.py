@@ -1,37 +1,34 @@
-"""Checkpoints as plain data: written atomically, loaded with ``weights_only=True``.
+"""Checkpoints as plain data: written atomically, loaded with ``weights_only=True``, rebuilt into models.
 
-A checkpoint carries its resolved config, so any command can rebuild the model from it alone.
+A checkpoint carries its resolved config, so any command can rebuild the model from it alone,
+on any device: tensors are saved on the CPU and loaded onto the CPU first.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vaecli.atomic import atomic_write
+from vaecli.errors import UsageError, first_line
+from vaecli.model import VAE, build_model
+from vaecli.run_folder import CHECKPOINT
+from vaecli.runtime import pick_device
+
 FORMAT = "vaecli-checkpoint"
 VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """The path is not a usable checkpoint; the message says why and what to do."""
 
 
 def atomic_save(payload: Any, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename it: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through a temporary file and a rename: never a half-written checkpoint."""
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def to_cpu(state: Any) -> Any:
@@ -71,11 +68,9 @@ def resolve(path: str | Path) -> Path:
     """A checkpoint file, or a run folder that holds one."""
     path = Path(path).expanduser()
     if path.is_dir():
-        candidate = path / CHECKPOINT_NAME
+        candidate = path / CHECKPOINT
         if not candidate.is_file():
-            raise CheckpointError(
-                f"{path} is a folder without {CHECKPOINT_NAME}; pass a run folder made by `vae train`"
-            )
+            raise CheckpointError(f"{path} is a folder without {CHECKPOINT}; pass a run folder made by `vae train`")
         return candidate
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a checkpoint.pt or a run folder")
@@ -88,10 +83,78 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error) or type(error).__name__
         raise CheckpointError(
             f"{file} is not a readable checkpoint ({first[:160]}); it may be truncated or not made by vaecli"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a vaecli checkpoint; pass the checkpoint.pt that `vae train` wrote")
     return payload
+
+
+@dataclass
+class Loaded:
+    """A model rebuilt from a checkpoint, with the config and file it came from."""
+
+    model: VAE
+    config: Any  # OmegaConf DictConfig (attribute access, as build_model expects)
+    file: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.file.parent
+
+
+def load_model(path: str | Path, device: str = "auto") -> Loaded:
+    """Rebuild the model a checkpoint (or run folder) describes, load its weights, move it to ``device``."""
+    target = pick_device(device, option="--device ")
+    file = resolve(path)
+    payload = load(file)
+    config = stored_config(payload, file)
+    model = rebuild(config, file)
+    check_fit(model, payload.get("model"), config, file)
+    model.load_state_dict(payload["model"])
+    return Loaded(model.to(target).eval(), config, file)
+
+
+def stored_config(payload: dict[str, Any], file: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    config = payload.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds no config; pass a checkpoint.pt that `vae train` wrote")
+    return OmegaConf.create(config)
+
+
+def rebuild(config: Any, file: Path) -> VAE:
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return build_model(config)
+    except (OmegaConfBaseException, KeyError, AttributeError, TypeError, ValueError, RuntimeError) as error:
+        reason = first_line(error) or type(error).__name__
+        raise CheckpointError(f"{file}: its config cannot rebuild a model ({reason})") from None
+
+
+def describe_shape(config: Any) -> str:
+    return f"latent_size={config.latent_size}, model.hidden_sizes={list(config.model.hidden_sizes)}"
+
+
+def check_fit(model: VAE, state: Any, config: Any, file: Path) -> None:
+    """Name the first tensor that does not fit, instead of torch's many-line error."""
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{file} holds no model weights; pass a checkpoint.pt that `vae train` wrote")
+    expected = model.state_dict()
+    problems = [f"{key} is missing" for key in expected if key not in state]
+    problems += [
+        f"{key} has shape {list(state[key].shape)} where the model needs {list(tensor.shape)}"
+        for key, tensor in expected.items()
+        if key in state and state[key].shape != tensor.shape
+    ]
+    problems += [f"{key} is not part of the model" for key in state if key not in expected]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(
+            f"{file}: weights do not match the model its config describes ({describe_shape(config)}): "
+            f"{problems[0]}{more}"
+        )

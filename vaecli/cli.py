@@ -1,4 +1,4 @@
-"""The ``vae`` command: argument parsing and friendly errors, nothing else.
+"""The ``vae`` command: every Typer command, and the one place errors become exit codes.
 
 Heavy imports (torch, Hydra, plotnine) happen inside the commands so ``vae --help`` is instant.
 """
@@ -6,42 +6,54 @@ Heavy imports (torch, Hydra, plotnine) happen inside the commands so ``vae --hel
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from vaecli import __version__
+from vaecli.cli_options import (
+    CfgOption,
+    CheckpointOption,
+    CountOption,
+    DataRootOption,
+    DeviceOption,
+    OutOption,
+    Overrides,
+    PlotOutOption,
+    ResolveOption,
+    ScaleOption,
+    SeedOption,
+    SplitOption,
+    StepsOption,
+    examples,
+    parse_ints,
+    parse_range,
+)
+from vaecli.errors import VaeError, first_line
+
+
+class VaeCommands(TyperGroup):
+    """Maps every :class:`VaeError` to one ``error:`` line and its exit code (2 usage, 1 run)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VaeError as error:
+            typer.secho(f"error: {first_line(error)}", fg="red", err=True)
+            raise typer.Exit(error.exit_code) from None
+
 
 app = typer.Typer(
     name="vae",
+    cls=VaeCommands,
     help="Train, inspect and sweep beta-VAEs on MNIST. Configuration is Hydra: pass key=value overrides.",
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
-
-USAGE_ERROR = 2
-RUN_ERROR = 1
-
-Overrides = Annotated[
-    list[str] | None,
-    typer.Argument(help="Hydra overrides, e.g. `beta=0.01 latent_size=2 train.steps=5000`.", show_default=False),
-]
-CfgOption = Annotated[
-    str | None,
-    typer.Option(
-        "--cfg",
-        help="Print the config instead of running: `job`, `hydra` or `all`.",
-        show_default=False,
-    ),
-]
-ResolveOption = Annotated[bool, typer.Option("--resolve", help="With --cfg: resolve interpolations before printing.")]
-
-
-def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    return typer.Exit(code)
 
 
 def version_callback(value: bool) -> None:
@@ -53,52 +65,41 @@ def version_callback(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=version_callback,
-            is_eager=True,
-            help="Print the version and exit.",
-        ),
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Train, inspect and sweep beta-VAEs on MNIST."""
 
 
+# ----------------------------------------------------------------------------- runs
+
+
 @app.command(
-    epilog=(
-        "Examples:\n\n"
-        "* `vae train` (the seed experiment: beta=0.01, latent_size=10, 1024 steps)\n\n"
-        "* `vae train beta=0 latent_size=2 train.steps=5000`\n\n"
-        "* `vae train data=fashion_mnist model.hidden_sizes=[256,256] device=cuda`\n\n"
-        "* `vae train train.epochs=5 train.shuffle=false data.train_on=all`\n\n"
-        "* `vae train hydra.run.dir=runs/first` (choose the run folder)\n\n"
-        "* `vae train --cfg job` (print the composed config)"
+    epilog=examples(
+        "vae train (the seed experiment: beta=0.01, latent_size=10, 1024 steps)",
+        "vae train beta=0 latent_size=2 train.steps=5000",
+        "vae train data=fashion_mnist model.hidden_sizes=[256,256] device=cuda",
+        "vae train train.epochs=5 train.shuffle=false data.train_on=all",
+        "vae train hydra.run.dir=runs/first (choose the run folder)",
+        "vae train --cfg job (print the composed config)",
     )
 )
 def train(overrides: Overrides = None, cfg: CfgOption = None, resolve: ResolveOption = False) -> None:
     """Train one beta-VAE and write a run folder (config, metrics.csv, plots, checkpoint)."""
-    from vaecli import commands
+    from vaecli import run
 
-    overrides = overrides or []
-    try:
-        commands.train(overrides, cfg, resolve)
-    except commands.UsageError as error:
-        raise fail(str(error)) from None
-    except commands.RunError as error:
-        raise fail(str(error), RUN_ERROR) from None
+    run.train(overrides or [], cfg, resolve)
 
 
 @app.command(
-    epilog=(
-        "Examples:\n\n"
-        "* `vae sweep` (the default study: beta=0,0.01,0.1,1 x latent_size=2,5,10,20)\n\n"
-        "* `vae sweep beta=0,0.01,0.1,1 latent_size=2,10 hydra/launcher=joblib` (members in parallel)\n\n"
-        "* `vae sweep train.steps=200` (the default grid with a fixed key)\n\n"
-        "* `vae sweep 'latent_size=range(2,12,2)' beta=0.01`\n\n"
-        "* `vae sweep beta=0,1 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu`\n\n"
-        "* `vae sweep beta=0,1 hydra.sweep.dir=sweeps/first` (run it again to resume)\n\n"
-        "* `vae sweep --report outputs/sweeps/2026-11-25/10-31-07` (re-aggregate a sweep folder)"
+    epilog=examples(
+        "vae sweep (the default study: beta=0,0.01,0.1,1 x latent_size=2,5,10,20)",
+        "vae sweep beta=0,0.01,0.1,1 latent_size=2,10 hydra/launcher=joblib (members in parallel)",
+        "vae sweep train.steps=200 (the default grid with a fixed key)",
+        "vae sweep 'latent_size=range(2,12,2)' beta=0.01",
+        "vae sweep beta=0,1 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu",
+        "vae sweep beta=0,1 hydra.sweep.dir=sweeps/first (run it again to resume)",
+        "vae sweep --report outputs/sweeps/2026-11-25/10-31-07 (re-aggregate a sweep folder)",
     )
 )
 def sweep(
@@ -106,48 +107,197 @@ def sweep(
     report: Annotated[
         str | None, typer.Option("--report", help="Only aggregate this existing sweep folder.", show_default=False)
     ] = None,
-    grid: Annotated[str, typer.Option(help="Grid from conf/sweep/ used for keys the command line leaves unswept.")] = (
-        "default"
-    ),
+    grid: Annotated[
+        str, typer.Option(help="Grid from conf/sweep/ used for keys the command line leaves unswept.")
+    ] = "default",
 ) -> None:
     """Run a grid of trainings through Hydra's multirun and compare them (sweep.csv and plots)."""
-    from vaecli import commands
+    from vaecli import sweep as sweeps
 
-    try:
-        code = commands.sweep(overrides or [], report, grid)
-    except commands.UsageError as error:
-        raise fail(str(error)) from None
-    raise typer.Exit(code)
+    raise typer.Exit(sweeps.sweep(overrides or [], report, grid))
 
 
-@app.command(
-    epilog="Examples:\n\n* `vae data` (MNIST into the default data root)\n\n* `vae data fashion_mnist --root /data`"
-)
+@app.command(epilog=examples("vae data (MNIST into the default data root)", "vae data fashion_mnist --root /data"))
 def data(
     names: Annotated[
-        list[str] | None,
-        typer.Argument(help="Datasets: mnist, fashion_mnist.", show_default=False),
+        list[str] | None, typer.Argument(help="Datasets: mnist, fashion_mnist.", show_default=False)
     ] = None,
     root: Annotated[str | None, typer.Option(help="Data root (default: $VAECLI_DATA or ~/.cache/vaecli).")] = None,
 ) -> None:
     """Find, fetch and verify datasets now, so later runs (or cluster jobs) need no network."""
-    from vaecli import commands
+    from vaecli.config import default_root
+    from vaecli.datasets import DATASETS, IDX_FILES, ensure_data
+    from vaecli.errors import UsageError
 
-    try:
-        commands.fetch_data(names or ["mnist"], root)
-    except commands.UsageError as error:
-        raise fail(str(error)) from None
-    except commands.RunError as error:
-        raise fail(str(error), RUN_ERROR) from None
-
-
-def _register_more_commands() -> None:
-    from vaecli import cli_inspect
-
-    cli_inspect.register(app, fail)
+    names = names or ["mnist"]
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown:
+        raise UsageError(f"unknown dataset {unknown[0]!r}; choose from: {', '.join(DATASETS)}")
+    folder = Path(root).expanduser() if root else default_root()
+    for name in names:
+        ensure_data(name, folder)
+        typer.echo(f"{name}: {len(IDX_FILES)} verified files under {DATASETS[name].raw_dir(folder)}")
 
 
-_register_more_commands()
+# ----------------------------------------------------------------------------- pictures
+
+
+def options(checkpoint: str, out: str | None, seed: int, device: str, data_root: str | None):
+    from vaecli.inspection import Options
+
+    return Options(checkpoint=checkpoint, out=out, seed=seed, device=device, data_root=data_root)
+
+
+def wrote(path: Path) -> None:
+    typer.echo(f"wrote {path}")
+
+
+@app.command(
+    epilog=examples(
+        "vae reconstruct -c outputs/2026-11-25/10-31-07 (first 8 test images and their reconstructions)",
+        "vae reconstruct -c runs/first/checkpoint.pt --indices 3,17,42 --split train",
+        "vae reconstruct -c runs/first --n 12 --sample --seed 1 (decode a draw from q, not its mean)",
+    )
+)
+def reconstruct(
+    checkpoint: CheckpointOption,
+    split: SplitOption = "test",
+    n: CountOption = None,
+    indices: Annotated[
+        str | None, typer.Option(help="Images by index instead, like 3,17,42.", show_default=False)
+    ] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Decode a draw from q instead of its mean.")] = False,
+    scale: ScaleOption = 1,
+    out: OutOption = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    data_root: DataRootOption = None,
+) -> None:
+    """Originals in one row, their reconstructions (decoder means) in the row below."""
+    from vaecli import inspection
+
+    chosen = parse_ints(indices, "--indices", example="3,17,42") if indices is not None else ()
+    wrote(inspection.reconstruct(options(checkpoint, out, seed, device, data_root), split, n, chosen, sample, scale))
+
+
+@app.command(
+    epilog=examples(
+        "vae traverse -c runs/first (the seed's figure: dims 0 and 1 over [-1, 1], 10 x 10)",
+        "vae traverse -c runs/first --dims 2,5 --range=-3,3 --steps 8 --around 7",
+        "vae traverse -c runs/first --mode rows (one row per dim, the most used dims first)",
+        "vae traverse -c runs/latent2 --mode map --steps 20 (latent_size=2 models)",
+    )
+    + "\n\nAxis values are written above the columns and beside the rows; the picture is upscaled "
+    "by --scale (default 2) so they stay readable.",
+)
+def traverse(
+    checkpoint: CheckpointOption,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="grid: two dims against each other; rows: each dim alone, rows ordered by mean test KL; "
+            "map: latent_size=2 over prior quantiles."
+        ),
+    ] = "grid",
+    dims: Annotated[
+        str | None,
+        typer.Option(
+            help="Dims to sweep: two for grid [default: 0,1]; any for rows [default: all].", show_default=False
+        ),
+    ] = None,
+    span: Annotated[
+        str | None,
+        typer.Option("--range", help="Low,high values of the swept dims [default: -1,1].", show_default=False),
+    ] = None,
+    steps: StepsOption = 10,
+    around: Annotated[
+        int | None,
+        typer.Option(help="Keep the other dims at this image's posterior mean instead of 0.", show_default=False),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split that --around indexes: test or train.")] = "test",
+    scale: ScaleOption = 2,
+    out: OutOption = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    data_root: DataRootOption = None,
+) -> None:
+    """Decoder means while latent dims sweep a range: what each dim of z does to the picture."""
+    from vaecli import inspection
+
+    chosen = parse_ints(dims, "--dims") if dims is not None else None
+    low_high = parse_range(span) if span is not None else None
+    common = options(checkpoint, out, seed, device, data_root)
+    wrote(inspection.traverse(common, mode, chosen, low_high, steps, around, split, scale))
+
+
+@app.command(
+    epilog=examples(
+        "vae sample -c runs/first (8 x 8 draws from the prior)",
+        "vae sample -c runs/first --n 16 --seed 3 --scale 2 -o samples.png",
+    )
+)
+def sample(
+    checkpoint: CheckpointOption,
+    n: Annotated[int, typer.Option("--n", "-n", help="Draw an N x N grid.")] = 8,
+    scale: ScaleOption = 1,
+    out: OutOption = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+) -> None:
+    """Decoder means for latents drawn from the prior N(0, I)."""
+    from vaecli import inspection
+
+    wrote(inspection.sample(options(checkpoint, out, seed, device, None), n, scale))
+
+
+@app.command(
+    epilog=examples(
+        "vae interpolate -c runs/first (test images 0 and 1, a 7 and a 2)",
+        "vae interpolate -c runs/first --between 3,42 --steps 16 --scale 2",
+    )
+    + "\n\nThe row starts and ends with the two original images; the decoded line is between them.",
+)
+def interpolate(
+    checkpoint: CheckpointOption,
+    between: Annotated[str, typer.Option(help="Two image indices, like 0,1.")] = "0,1",
+    steps: Annotated[int, typer.Option(help="Decoded points on the line, ends included.")] = 10,
+    split: SplitOption = "test",
+    scale: ScaleOption = 1,
+    out: OutOption = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    data_root: DataRootOption = None,
+) -> None:
+    """Decoder means along the straight line between the posterior means of two images."""
+    from vaecli import inspection
+
+    pair = parse_ints(between, "--between", count=2)
+    wrote(inspection.interpolate(options(checkpoint, out, seed, device, data_root), pair, steps, split, scale))
+
+
+@app.command(
+    epilog=examples(
+        "vae embed -c runs/latent2 (latent_size=2: 5000 test images)",
+        "vae embed -c runs/first --dims 0,3 --n 10000 -o embed.pdf",
+    )
+)
+def embed(
+    checkpoint: CheckpointOption,
+    n: Annotated[int, typer.Option("--n", "-n", help="Plot the first N images of the split.")] = 5000,
+    dims: Annotated[
+        str | None, typer.Option(help="Two dims to plot (needed when latent_size is not 2).", show_default=False)
+    ] = None,
+    split: SplitOption = "test",
+    out: PlotOutOption = None,
+    seed: SeedOption = 0,
+    device: DeviceOption = "auto",
+    data_root: DataRootOption = None,
+) -> None:
+    """Scatter of posterior means, coloured by digit: how the latent space is laid out."""
+    from vaecli import inspection
+
+    chosen = parse_ints(dims, "--dims", count=2) if dims is not None else None
+    wrote(inspection.embed(options(checkpoint, out, seed, device, data_root), n, chosen, split))
 
 
 def main() -> None:

@@ -6,20 +6,31 @@ type-check but make no sense (a negative beta, an empty batch), each with a one-
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from vaecli.errors import UsageError
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_ON = ("train", "all")
+DATA_ROOT_ENV = "VAECLI_DATA"
+DEFAULT_DATA_ROOT = "~/.cache/vaecli"
+
+
+def default_root() -> Path:
+    """The data root a config gets when none is given: ``$VAECLI_DATA`` or ``~/.cache/vaecli``."""
+    return Path(os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)).expanduser()
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING
-    root: str = "${oc.env:VAECLI_DATA,'~/.cache/vaecli'}"
+    root: str = f"${{oc.env:{DATA_ROOT_ENV},'{DEFAULT_DATA_ROOT}'}}"
     train_on: str = "train"  # 'all' trains on all 70,000 images (train + test), as the seed does
     limit: int | None = None  # use only the first N training images
     test_limit: int | None = None  # evaluate on the first N test images only
@@ -37,8 +48,8 @@ class TrainConfig:
     epochs: float | None = None  # when set, wins over steps
     batch_size: int = 64
     lr: float = 1e-3
-    shuffle: bool = True
-    eval_every: int | None = None  # None: at every logged step; 0: only at the end
+    shuffle: bool = True  # reshuffle every epoch; false reproduces the seed's fixed batch order
+    eval_every: int | None = None  # None: test evaluations at 1, 4, 16, ... and the end; N: every N; 0: at the end
     progress: bool = True
 
 
@@ -47,18 +58,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    beta: float = 0.01
+    beta: float = 0.01  # weight of the KL term, in the seed's per-dimension units
     latent_size: int = 10
     seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # torch threads; 0 picks from the CPUs this run may use
+    device: str = "auto"  # auto | cpu | cuda | mps
+    threads: int = 0  # torch threads; 0 = the CPUs this run may use, shared among parallel members
 
 
 def register() -> None:
     ConfigStore.instance().store(name="vaecli_schema", node=Config)
 
 
-class ConfigValueError(ValueError):
+class ConfigValueError(UsageError):
     """A value that type-checks but cannot be used; the message names the key."""
 
 

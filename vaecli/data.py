@@ -6,16 +6,13 @@ is one float tensor of shape (n, 784) and a batch is a slice (or a gather, when 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vaecli.sources import DATASETS, ensure_dataset
-
-DATA_ROOT_ENV = "VAECLI_DATA"
+from vaecli.datasets import DATASETS, ensure_dataset
 
 
 @dataclass
@@ -25,10 +22,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def default_root() -> Path:
-    return Path(os.environ.get(DATA_ROOT_ENV, "~/.cache/vaecli")).expanduser()
 
 
 def load_split(

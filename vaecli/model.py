@@ -7,6 +7,7 @@ Returning ``torch.distributions`` objects keeps the loss reading like the math
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,8 +88,11 @@ class VAE(nn.Module):
         z = q.rsample()
         return q, z, self.decoder(z)
 
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        """Decoder means (pixel probabilities) at z = posterior mean, or at a posterior draw."""
-        q = self.encoder(x)
-        return self.decoder(q.sample() if sample else q.mean).probs
+
+def build_model(cfg: Any) -> VAE:
+    """The model a run's config describes (a composed config or one stored in a checkpoint)."""
+    return VAE(
+        latent_size=int(cfg.latent_size),
+        hidden_sizes=list(cfg.model.hidden_sizes),
+        min_scale=float(cfg.model.min_scale),
+    )

@@ -13,6 +13,8 @@ import torch
 from torch.distributions import Normal
 from torch.nn import functional as F
 
+EVAL_CHUNK = 5000  # images per forward pass when evaluating a whole split
+
 
 def bernoulli_nll_sum(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Summed sigmoid cross-entropy, -sum log p(x|logits), for targets x in [0, 1].
@@ -63,3 +65,39 @@ def elbo_terms(q: Normal, logits: torch.Tensor, x: torch.Tensor, beta: float) ->
     reconstruction = recon_nats / x.shape[-1]
     kl = kl_nats / q.loc.shape[-1]
     return Terms(reconstruction + beta * kl, reconstruction, kl, recon_nats, kl_nats)
+
+
+def batch_metrics(terms: Terms) -> dict[str, float]:
+    """A metrics row's values for one batch: one device-to-host copy for all five terms."""
+    values = torch.stack([terms.loss, terms.reconstruction, terms.kl, terms.recon_nats, terms.kl_nats]).tolist()
+    row = dict(zip(("loss", "reconstruction", "kl", "recon_nats", "kl_nats"), values))
+    row["neg_elbo_nats"] = row["recon_nats"] + row["kl_nats"]
+    return row
+
+
+def summarize(recon_nats: float, kl_nats: float, pixels: int, latent_size: int, beta: float) -> dict[str, float]:
+    """Per-image nats turned into a metrics row in both units."""
+    reconstruction, kl = recon_nats / pixels, kl_nats / latent_size
+    return {
+        "loss": reconstruction + beta * kl,
+        "reconstruction": reconstruction,
+        "kl": kl,
+        "recon_nats": recon_nats,
+        "kl_nats": kl_nats,
+        "neg_elbo_nats": recon_nats + kl_nats,
+    }
+
+
+@torch.inference_mode()
+def evaluate(model, images: torch.Tensor, beta: float, seed: int) -> dict[str, float]:
+    """Single-sample ELBO over a whole split, with fixed noise so repeated evaluations compare."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    recon_sum, kl_sum = 0.0, 0.0
+    for chunk in images.split(EVAL_CHUNK):
+        q = model.encoder(chunk)
+        noise = torch.randn(q.loc.shape, generator=generator).to(q.loc.device)
+        logits = model.decoder(q.loc + q.scale * noise).logits
+        terms = elbo_terms(q, logits, chunk, beta)
+        recon_sum += float(terms.recon_nats) * len(chunk)
+        kl_sum += float(terms.kl_nats) * len(chunk)
+    return summarize(recon_sum / len(images), kl_sum / len(images), images.shape[-1], model.latent_size, beta)

@@ -1,6 +1,6 @@
 """`vae sweep`: plan a grid, check every member, run it through Hydra's multirun, report.
 
-Every member is an ordinary run of :mod:`vaecli.task` in its own folder. Members record their
+Every member is an ordinary run of :func:`vaecli.run.task` in its own folder. Members record their
 own status (result.json), so aggregation works the same for the basic launcher, joblib,
 submitit and a sweep folder copied back from a cluster, and never depends on Hydra callbacks.
 """
@@ -19,9 +19,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vaecli.launch import UsageError, compose, expand_sweep, has_key, override_key, quote_value
+from vaecli import run_folder
+from vaecli.errors import UsageError, first_line
+from vaecli.hydra_bridge import compose, expand_sweep, has_key, override_key, quote_value, run_hydra
 
-PLAN_NAME = "sweep.json"
 SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
 
 
@@ -106,6 +107,45 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     return SweepPlan(task, hydra_part, members, sweep_dir, launcher, configs, arguments)
 
 
+def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
+    """``vae sweep``: run (or, with ``report_dir``, only re-aggregate) a sweep; returns the exit code."""
+    from rich.console import Console
+
+    from vaecli.run import preflight, task
+    from vaecli.sweep_report import report
+
+    console = Console(stderr=True)
+    if report_dir is not None:
+        folder = Path(report_dir).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is not a folder; pass the sweep folder that `vae sweep` printed")
+        if not run_folder.member_dirs(folder):
+            raise UsageError(f"{folder} holds no sweep members (no */.hydra/overrides.yaml); is it a sweep folder?")
+        return report(folder, console)
+
+    sweep_plan = plan(overrides, grid)
+    console.print(
+        f"sweep of {len(sweep_plan.members)} members through the {sweep_plan.launcher} launcher into "
+        f"[bold]{sweep_plan.sweep_dir}[/bold]"
+    )
+    preflight(sweep_plan.configs)
+    write_plan(sweep_plan)
+    launch_error = None
+    with Monitor(sweep_plan.sweep_dir, len(sweep_plan.members), console):
+        try:
+            run_hydra(task, sweep_plan.arguments)
+        except KeyboardInterrupt:
+            launch_error = "interrupted"
+        except Exception as error:  # a launcher that gave up (e.g. a job the scheduler killed)
+            launch_error = f"{type(error).__name__}: {first_line(error)}"
+    if launch_error:
+        console.print(f"[yellow]the launcher reported: {launch_error}[/yellow]")
+        if sweep_plan.launcher.startswith("submitit_slurm"):
+            console.print("waiting for the sweep's other SLURM jobs to finish ...")
+            wait_for_scheduler(sweep_plan.sweep_dir)
+    return report(sweep_plan.sweep_dir, console)
+
+
 def write_plan(sweep_plan: SweepPlan) -> None:
     sweep_plan.sweep_dir.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -115,7 +155,7 @@ def write_plan(sweep_plan: SweepPlan) -> None:
         "launcher": sweep_plan.launcher,
         "written": time.time(),
     }
-    (sweep_plan.sweep_dir / PLAN_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+    (sweep_plan.sweep_dir / run_folder.PLAN_JSON).write_text(json.dumps(payload, indent=2) + "\n")
 
 
 class Monitor:
@@ -141,7 +181,7 @@ class Monitor:
 
     def counts(self) -> dict[str, int]:
         counts = {"ok": 0, "failed": 0, "running": 0}
-        for result in self.sweep_dir.rglob("result.json"):
+        for result in self.sweep_dir.rglob(run_folder.RESULT_JSON):
             try:
                 status = json.loads(result.read_text()).get("status")
             except (OSError, ValueError):

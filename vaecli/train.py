@@ -18,8 +18,11 @@ from typing import Any
 import torch
 
 from vaecli.data import Batches, Split, load_split, training_set
-from vaecli.model import VAE
-from vaecli.objective import Terms, backward_beta_elbo, elbo_terms
+from vaecli.errors import RunError
+from vaecli.model import VAE, build_model
+from vaecli.objective import backward_beta_elbo, batch_metrics, elbo_terms, evaluate
+from vaecli.run_folder import METRICS_CSV
+from vaecli.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,9 @@ METRIC_COLUMNS = [
     "seconds",
 ]
 TIMING_COLUMNS = ("images_per_s", "seconds")
-EVAL_CHUNK = 5000
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunError):
     """The loss became NaN or infinite; the message says at which step."""
 
 
@@ -69,69 +71,12 @@ def total_steps(cfg: Any, examples: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * per_epoch))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda asked for, but torch sees no CUDA GPU; use device=cpu or device=auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("device=mps asked for, but this machine has no MPS backend; use device=cpu")
-    return torch.device(name)
-
-
-def build_model(cfg: Any) -> VAE:
-    return VAE(
-        latent_size=int(cfg.latent_size),
-        hidden_sizes=list(cfg.model.hidden_sizes),
-        min_scale=float(cfg.model.min_scale),
-    )
-
-
 def make_optimizer(model: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
     """Fused Adam where the device supports it: one kernel instead of a dozen per tensor."""
     try:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda", "mps"))
     except RuntimeError:
         return torch.optim.Adam(model.parameters(), lr=lr)
-
-
-@torch.inference_mode()
-def evaluate(model: VAE, images: torch.Tensor, beta: float, seed: int) -> dict[str, float]:
-    """Single-sample ELBO over a whole split, with fixed noise so repeated evaluations compare."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    sums = dict.fromkeys(("recon_nats", "kl_nats"), 0.0)
-    for chunk in images.split(EVAL_CHUNK):
-        q = model.encoder(chunk)
-        noise = torch.randn(q.loc.shape, generator=generator).to(q.loc.device)
-        logits = model.decoder(q.loc + q.scale * noise).logits
-        terms = elbo_terms(q, logits, chunk, beta)
-        sums["recon_nats"] += float(terms.recon_nats) * len(chunk)
-        sums["kl_nats"] += float(terms.kl_nats) * len(chunk)
-    recon_nats, kl_nats = sums["recon_nats"] / len(images), sums["kl_nats"] / len(images)
-    return summarize(recon_nats, kl_nats, images.shape[-1], model.latent_size, beta)
-
-
-def summarize(recon_nats: float, kl_nats: float, pixels: int, latent_size: int, beta: float) -> dict[str, float]:
-    reconstruction, kl = recon_nats / pixels, kl_nats / latent_size
-    return {
-        "loss": reconstruction + beta * kl,
-        "reconstruction": reconstruction,
-        "kl": kl,
-        "recon_nats": recon_nats,
-        "kl_nats": kl_nats,
-        "neg_elbo_nats": recon_nats + kl_nats,
-    }
-
-
-def batch_metrics(terms: Terms) -> dict[str, float]:
-    values = torch.stack([terms.loss, terms.reconstruction, terms.kl, terms.recon_nats, terms.kl_nats]).tolist()
-    row = dict(zip(("loss", "reconstruction", "kl", "recon_nats", "kl_nats"), values))
-    row["neg_elbo_nats"] = row["recon_nats"] + row["kl_nats"]
-    return row
 
 
 @dataclass
@@ -177,10 +122,8 @@ def train(
     """Train one model as ``cfg`` says, writing metrics.csv into ``out_dir`` as it goes."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say)
-    test_split = load_split(cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say)
-    fit = training_set(train_split, test_split, cfg.data.train_on)
-    train_images, test_images = fit.images.to(device), test_split.images.to(device)
+    train_images, test_split = load_data(cfg, say)
+    train_images, test_images = train_images.to(device), test_split.images.to(device)
 
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(model, cfg.train.lr, device)
@@ -194,7 +137,7 @@ def train(
     threads = torch.get_num_threads()
     say(f"training {steps} steps on {len(train_images)} {cfg.data.name} images ({device}, {threads} threads)")
 
-    metrics = MetricsWriter(out_dir / "metrics.csv")
+    metrics = MetricsWriter(out_dir / METRICS_CSV)
     started = time.perf_counter()
     last_time, last_step, eval_seconds = started, 0, 0.0
     try:
@@ -228,13 +171,7 @@ def train(
                     last_time, last_step = now, step
                 if step in evaluated:
                     eval_started = time.perf_counter()
-                    model.eval()
-                    row = {"step": step, "epoch": round(batches.epoch(step), 4), "split": "test"}
-                    row.update(evaluate(model, test_images, beta, cfg.seed))
-                    row["images_per_s"] = ""
-                    row["seconds"] = round(time.perf_counter() - started, 4)
-                    metrics.write(row)
-                    model.train()
+                    metrics.write(test_row(model, test_images, beta, cfg.seed, step, batches.epoch(step), started))
                     spent = time.perf_counter() - eval_started
                     eval_seconds += spent
                     last_time += spent  # images_per_s counts training time only
@@ -245,13 +182,22 @@ def train(
     seconds = time.perf_counter() - started
     final = {split: next(r for r in reversed(metrics.rows) if r["split"] == split) for split in ("train", "test")}
     return TrainResult(
-        model,
-        optimizer,
-        steps,
-        metrics.rows,
-        test_split,
-        seconds,
-        eval_seconds,
-        shuffler.get_state(),
-        final,
+        model, optimizer, steps, metrics.rows, test_split, seconds, eval_seconds, shuffler.get_state(), final
     )
+
+
+def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split]:
+    """The images to train on (the test set included when ``data.train_on=all``) and the test split."""
+    train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say)
+    test_split = load_split(cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say)
+    return training_set(train_split, test_split, cfg.data.train_on).images, test_split
+
+
+def test_row(
+    model: VAE, images: torch.Tensor, beta: float, seed: int, step: int, epoch: float, started: float
+) -> dict[str, Any]:
+    """A metrics row for the whole test split, in eval mode."""
+    model.eval()
+    row = {"step": step, "epoch": round(epoch, 4), "split": "test", **evaluate(model, images, beta, seed)}
+    model.train()
+    return {**row, "images_per_s": "", "seconds": round(time.perf_counter() - started, 4)}

@@ -1,10 +1,14 @@
-"""What to decode for each picture: latent grids, lines and draws (pure tensor code)."""
+"""What to decode for each picture (latent grids, lines and draws) and how much each latent dim is used.
+
+Pure tensor code: drawing lives in ``images`` and ``plots``.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from vaecli.model import VAE
+from vaecli.objective import kl_to_standard_normal
 
 
 @torch.no_grad()
@@ -31,8 +35,7 @@ def traversal_grid(
         rows, cols = torch.meshgrid(values, values, indexing="ij")
         z[:, dims[0]] = rows.reshape(-1)
         z[:, dims[1]] = cols.reshape(-1)
-    device = next(model.parameters()).device
-    return model.decoder(z.to(device)).probs.cpu()
+    return decode(model, z)
 
 
 def model_device(model: VAE) -> torch.device:
@@ -81,13 +84,12 @@ def kl_per_dimension(model: VAE, images: torch.Tensor, chunk: int = 5000) -> tor
     carry the information, so this is the order in which to look at them.
     """
     device = model_device(model)
-    total = torch.zeros(model.latent_size)
+    total = torch.zeros(model.latent_size, dtype=torch.float64)
     for part in images.split(chunk):
         q = model.encoder(part.to(device))
-        loc, scale = q.loc.double(), q.scale.double()
-        kl = 0.5 * (loc.square() + scale.square() - 1.0) - scale.log()
-        total += kl.sum(0).float().cpu()
-    return total / max(len(images), 1)
+        q64 = torch.distributions.Normal(q.loc.double(), q.scale.double(), validate_args=False)
+        total += kl_to_standard_normal(q64).sum(0).cpu()
+    return (total / max(len(images), 1)).float()
 
 
 @torch.no_grad()

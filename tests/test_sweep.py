@@ -144,6 +144,23 @@ def test_bad_grids_are_refused_before_anything_runs(runner, tmp_path, grid, mess
     assert not (tmp_path / "sweep").exists()
 
 
+def test_sweep_without_data_is_one_line_and_leaves_no_folder(runner, tmp_path, offline_fashion_mnist):
+    sweep_dir = tmp_path / "sweep"
+    result = invoke(
+        runner,
+        "sweep",
+        "beta=0,1",
+        "data=fashion_mnist",
+        f"data.root={tmp_path / 'data'}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert result.exit_code == 1
+    assert "no verified fashion_mnist files" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert sum(line.startswith("error: ") for line in result.stderr.splitlines()) == 1
+    assert not sweep_dir.exists()
+
+
 def test_default_study_and_hydra_sweep_syntax():
     default = plan(["train.steps=10"])
     assert len(default.members) == 16

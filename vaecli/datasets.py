@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import io
 import logging
-import os
 import pickle
 import subprocess
 import sys
@@ -23,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vaecli.atomic import atomic_write_bytes
+from vaecli.errors import RunError
+
 log = logging.getLogger(__name__)
 
 IDX_FILES = (
@@ -33,7 +35,7 @@ IDX_FILES = (
 )
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(RunError):
     """No source could provide verified files; the message says what to do."""
 
 
@@ -160,9 +162,9 @@ def _copy_from(folder: Path):
         for name in IDX_FILES:
             plain, packed = folder / name, folder / f"{name}.gz"
             if plain.is_file():
-                _atomic_write(raw / name, plain.read_bytes())
+                atomic_write_bytes(raw / name, plain.read_bytes())
             elif packed.is_file():
-                _atomic_write(raw / name, gzip.decompress(packed.read_bytes()))
+                atomic_write_bytes(raw / name, gzip.decompress(packed.read_bytes()))
             else:
                 raise FileNotFoundError(f"{packed} not found")
 
@@ -215,8 +217,8 @@ def write_idx_from_pickle(packed: bytes, raw_dir: Path) -> None:
         count = len(pixels)
         image_header = np.array([2051, count, 28, 28], dtype=">i4").tobytes()
         label_header = np.array([2049, count], dtype=">i4").tobytes()
-        _atomic_write(raw_dir / f"{prefix}-images-idx3-ubyte", image_header + pixels.tobytes())
-        _atomic_write(
+        atomic_write_bytes(raw_dir / f"{prefix}-images-idx3-ubyte", image_header + pixels.tobytes())
+        atomic_write_bytes(
             raw_dir / f"{prefix}-labels-idx1-ubyte",
             label_header + np.asarray(labels, dtype=np.uint8).tobytes(),
         )
@@ -239,16 +241,12 @@ class _SafeUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def ensure_data(name: str, root: Path) -> Path:
+    """One dataset verified (or fetched) under ``root``, its progress on stderr (what the CLI uses)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return ensure_dataset(DATASETS[name], root, say=lambda message: console.print(f"[dim]{message}[/dim]"))
 
 
-__all__ = ["DATASETS", "DataUnavailableError", "DatasetSpec", "bad_files", "ensure_dataset"]
+__all__ = ["DATASETS", "DataUnavailableError", "DatasetSpec", "bad_files", "ensure_data", "ensure_dataset"]

@@ -1,4 +1,4 @@
-"""Turn a sweep folder into one table and a few pictures, whatever state its members are in.
+"""Turn a sweep folder into sweep.csv, comparison figures and a table, whatever state its members are in.
 
 A member's status comes from its own result.json; one that never wrote "ok" or "failed"
 (killed, cancelled, never started) is failed, with the scheduler's state when SLURM ran it.
@@ -16,16 +16,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from vaecli.sweep import PLAN_NAME
-from vaecli.task import read_result
+from vaecli import plots, run_folder
+from vaecli.run_folder import member_dirs, read_result
 
 FINAL_COLUMNS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
-SWEEP_CSV, LONG_CSV = "sweep.csv", "metrics_long.csv"
 PREFERRED_AXES = ("latent_size", "beta")
-
-
-def member_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(path.parent.parent for path in sweep_dir.rglob(".hydra/overrides.yaml"))
+TABLE_COLUMNS = {"-ELBO": "test_neg_elbo_nats", "recon": "test_recon_nats", "KL": "test_kl_nats", "seconds": "seconds"}
 
 
 def swept_keys(rows: list[dict[str, str]]) -> list[str]:
@@ -38,7 +34,7 @@ def swept_keys(rows: list[dict[str, str]]) -> list[str]:
 
 
 def parse_overrides(member: Path) -> dict[str, str]:
-    items = OmegaConf.load(member / ".hydra" / "overrides.yaml")
+    items = OmegaConf.load(member / run_folder.OVERRIDES_YAML)
     pairs = (str(item).lstrip("+~").split("=", 1) for item in items)
     return {pair[0]: pair[1] if len(pair) > 1 else "" for pair in pairs if not pair[0].startswith("hydra")}
 
@@ -105,7 +101,7 @@ def aggregate(sweep_dir: Path) -> SweepReport:
     keys = swept_keys(overrides)
     rows, long_frames = [], []
     for member, member_overrides in zip(members, overrides):
-        config = OmegaConf.load(member / ".hydra" / "config.yaml")
+        config = OmegaConf.load(member / run_folder.CONFIG_YAML)
         values = {key: OmegaConf.select(config, key) for key in dict.fromkeys([*PREFERRED_AXES, *keys])}
         values = {key: (str(list(value)) if OmegaConf.is_list(value) else value) for key, value in values.items()}
         row = {
@@ -114,7 +110,7 @@ def aggregate(sweep_dir: Path) -> SweepReport:
             **values,
         }
         row.update(member_status(member))
-        metrics_path = member / "metrics.csv"
+        metrics_path = member / run_folder.METRICS_CSV
         if metrics_path.is_file() and metrics_path.stat().st_size > 0:
             metrics = pd.read_csv(metrics_path)
             row.update(final_metrics(metrics))
@@ -122,15 +118,15 @@ def aggregate(sweep_dir: Path) -> SweepReport:
         rows.append(row)
     rows += missing_members(sweep_dir, overrides)
     table = pd.DataFrame(rows)
-    table.to_csv(sweep_dir / SWEEP_CSV, index=False)
+    table.to_csv(sweep_dir / run_folder.SWEEP_CSV, index=False)
     long = pd.concat(long_frames, ignore_index=True) if long_frames else pd.DataFrame()
-    long.to_csv(sweep_dir / LONG_CSV, index=False)
+    long.to_csv(sweep_dir / run_folder.LONG_CSV, index=False)
     return SweepReport(table, long, keys)
 
 
 def missing_members(sweep_dir: Path, found: list[dict[str, str]]) -> list[dict[str, object]]:
     """Members the plan named that have no folder at all (a cluster that never ran them)."""
-    plan_path = sweep_dir / PLAN_NAME
+    plan_path = sweep_dir / run_folder.PLAN_JSON
     if not plan_path.is_file():
         return []
     planned = json.loads(plan_path.read_text())["members"]
@@ -149,3 +145,69 @@ def missing_members(sweep_dir: Path, found: list[dict[str, str]]) -> list[dict[s
                 }
             )
     return missing
+
+
+def report(folder: Path, console) -> int:
+    """Aggregate a sweep folder, draw its figures, print the table; 1 if any member failed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    result = aggregate(folder)
+    table, swept = result.table, result.swept
+    figures = draw_all(folder, table, result.long, swept)
+
+    shown = table.sort_values("test_neg_elbo_nats", na_position="last") if "test_neg_elbo_nats" in table else table
+    out = Table(title=f"{len(table)} members, sorted by test -ELBO (test set, nats per image)")
+    for column in ("member", "status", *TABLE_COLUMNS):
+        out.add_column(column, justify="left" if column in ("member", "status") else "right", no_wrap=True)
+    varying = [key for key in swept if key in table and table[key].nunique(dropna=False) > 1] or swept
+    for _, row in shown.iterrows():
+        label = " ".join(f"{key}={row.get(key)}" for key in varying) if row.get("member") else row.get("overrides")
+        cells = [str(label), str(row.get("status", ""))]
+        for column in TABLE_COLUMNS.values():
+            value = row.get(column)
+            cells.append("" if value is None or pd.isna(value) else f"{float(value):.2f}")
+        out.add_row(*cells, style="red" if row.get("status") != "ok" else None)
+    Console().print(out)
+    console.print(f"wrote {folder / run_folder.SWEEP_CSV}, {folder / run_folder.LONG_CSV} and {len(figures)} figures")
+    failed = table[table.status != "ok"] if "status" in table else table.iloc[0:0]
+    if len(failed):
+        console.print(f"[red]{len(failed)} of {len(table)} members failed:[/red]")
+        for _, row in failed.iterrows():
+            console.print(f"  {row['overrides']}: {row['error']}")
+        return 1
+    return 0
+
+
+def draw_all(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: list[str]) -> list[Path]:
+    colour, facet = plots.axes(table, swept)
+    written: list[Path] = []
+    done = table[table.status == "ok"] if "status" in table else table
+    if not long.empty:
+        written.append(plots.loss_curves(long, sweep_dir / run_folder.LOSS_CURVES_PNG, colour, facet))
+    if not done.empty and "test_kl_nats" in done:
+        written.append(plots.rate_distortion(done, sweep_dir / run_folder.RATE_DISTORTION_PNG, colour, facet))
+        written.append(plots.final_against(done, sweep_dir / run_folder.NEG_ELBO_PNG, colour, facet))
+    for image_name in run_folder.MONTAGE_SOURCES:
+        path = member_montage(sweep_dir, table, image_name, colour, facet)
+        if path is not None:
+            written.append(path)
+    return written
+
+
+def member_montage(sweep_dir: Path, table: pd.DataFrame, image_name: str, colour: str, facet: str) -> Path | None:
+    """Every member's ``image_name``: ``colour`` key along columns, ``facet`` key down rows."""
+    from vaecli.images import montage
+
+    cells = {}
+    for _, row in table.iterrows():
+        image_path = sweep_dir / str(row.get("member", "")) / image_name
+        if row.get("member") and image_path.is_file():
+            cells[(row.get(facet), row.get(colour))] = image_path
+    if not cells:
+        return None
+    rows = sorted({key[0] for key in cells}, key=plots.sort_key)
+    columns = sorted({key[1] for key in cells}, key=plots.sort_key)
+    path = sweep_dir / run_folder.montage_name(image_name)
+    montage(cells, rows, columns, facet, colour).save(path)
+    return path

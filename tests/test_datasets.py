@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from vaecli import sources
-from vaecli.sources import (
+from vaecli import datasets as sources
+from vaecli.datasets import (
     IDX_FILES,
     DatasetSpec,
     DataUnavailableError,

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from omegaconf import DictConfig
 
+from vaecli import config as config_module
+from vaecli.errors import UsageError, first_line
 
-class UsageError(ValueError):
-    """Bad input from the command line; the message is one line that says what to fix."""
+CFG_CHOICES = ("job", "hydra", "all")
+CONFIG_MODULE, CONFIG_NAME = "vaecli.conf", "config"
 
 
 def override_key(item: str) -> str:
@@ -32,10 +34,6 @@ def has_key(overrides: Sequence[str], key: str) -> bool:
 def quote_value(value: str) -> str:
     """A path as a Hydra override value, whatever characters it holds."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def first_line(text: str) -> str:
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
 
 
 def describe(error: BaseException) -> str:
@@ -67,7 +65,7 @@ def _initialized():
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_module("vaecli.conf", version_base="1.3"):
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         yield
     GlobalHydra.instance().clear()
 
@@ -78,15 +76,11 @@ def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from vaecli import config as config_module
-
     config_module.register()
     try:
         with _initialized():
-            cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+            cfg = hydra_compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=with_hydra)
         config_module.check_values(cfg)
-    except config_module.ConfigValueError as error:
-        raise UsageError(str(error)) from None
     except (HydraException, OmegaConfBaseException) as error:
         raise UsageError(describe(error)) from None
     return cfg
@@ -106,16 +100,46 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     return [list(member) for batch in batches for member in batch]
 
 
-def run_hydra(arguments: Iterable[str]) -> Any:
-    """Call Hydra's main as if from a shell, raising (not exiting) on errors."""
-    from vaecli.task import main
+def print_config(
+    overrides: Sequence[str], cfg_flag: str, resolve: bool, task: Callable, multirun: bool = False
+) -> None:
+    """Hydra's own ``--cfg job|hydra|all`` output, after the overrides were checked."""
+    if cfg_flag not in CFG_CHOICES:
+        raise UsageError(f"--cfg {cfg_flag} is not one of {', '.join(CFG_CHOICES)}")
+    compose(overrides)
+    flags = [*(["--multirun"] if multirun else []), "--cfg", cfg_flag, *(["--resolve"] if resolve else [])]
+    run_hydra(task, [*flags, *overrides])
 
+
+def describe_failure(error: BaseException) -> str:
+    """One line for an error that escaped Hydra's main."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(error, HydraException | OmegaConfBaseException):
+        return describe(error)
+    return first_line(str(error)) or type(error).__name__
+
+
+def run_hydra(task: Callable[[DictConfig], Any], arguments: Iterable[str]) -> Any:
+    """Call ``hydra.main`` with ``task`` as if from a shell, raising (not exiting) on errors.
+
+    Hydra's own errors become a :class:`UsageError`; launchers pickle ``task`` by its module
+    and name, so it must be a module-level function.
+    """
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    main = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")(task)
     saved_argv, saved_error, saved_stderr = sys.argv, os.environ.get("HYDRA_FULL_ERROR"), sys.stderr
     sys.argv = ["vae", *arguments]
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.stderr = _WithoutHydraJobErrors(saved_stderr)
     try:
         return main()
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UsageError(describe(error)) from None
     finally:
         sys.argv, sys.stderr = saved_argv, saved_stderr
         if saved_error is None:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import invoke
-from vaecli.figures import grid_size
+from vaecli.images import grid_size
 from vaecli.train import METRIC_COLUMNS, TIMING_COLUMNS, eval_steps, log_steps
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -111,14 +111,7 @@ def test_seed_config_reaches_the_seed_quality(runner, data_root, tmp_path):
     assert final.neg_elbo_nats < 147
 
 
-def test_missing_dataset_is_one_line_and_leaves_no_folder(runner, tmp_path, monkeypatch):
-    import dataclasses
-
-    from vaecli import sources
-
-    offline = dataclasses.replace(sources.FASHION_MNIST, system_dirs=(str(tmp_path / "nowhere"),))
-    monkeypatch.setitem(sources.DATASETS, "fashion_mnist", offline)
-    monkeypatch.setattr(sources, "_torchvision_download", lambda *args: (_ for _ in ()).throw(OSError("offline")))
+def test_missing_dataset_is_one_line_and_leaves_no_folder(runner, tmp_path, offline_fashion_mnist):
     result = invoke(
         runner, "train", "data=fashion_mnist", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"
     )

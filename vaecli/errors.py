@@ -1,0 +1,30 @@
+"""One error family for everything the package refuses or cannot finish on purpose.
+
+The CLI maps a :class:`VaeError` to one ``error:`` line and its ``exit_code``; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class VaeError(Exception):
+    """An error meant for the user: its message is one line that says what to do."""
+
+    exit_code = 1
+
+
+class UsageError(VaeError, ValueError):
+    """Bad input (an option, an override, a path): exit code 2, nothing is written."""
+
+    exit_code = 2
+
+
+class RunError(VaeError, RuntimeError):
+    """The input was fine but the work could not finish (no data, divergence): exit code 1."""
+
+    exit_code = 1
+
+
+def first_line(text: object) -> str:
+    """The first non-blank line of a message, so every error stays one line."""
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")

@@ -1,0 +1,150 @@
+"""Every plotnine figure: a run's loss plot, ``vae embed``'s scatter and a sweep's comparisons."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+# matplotlib's tab10: ten hues that stay apart, one per digit
+TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def loss_plot(metrics: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """The seed's figure: loss terms against step on log-log axes, train and test."""
+    from plotnine import aes, geom_line, ggplot, labs, scale_x_log10, scale_y_log10, theme_bw
+
+    long = metrics.melt(
+        id_vars=["step", "split"],
+        value_vars=["loss", "reconstruction", "kl"],
+        var_name="term",
+        value_name="value",
+    )
+    long = long[pd.to_numeric(long["value"], errors="coerce") > 0]
+    plot = (
+        ggplot(long, aes("step", "value", color="term", linetype="split"))
+        + geom_line()
+        + scale_x_log10()
+        + scale_y_log10()
+        + labs(x="step", y="per-dimension mean (seed units)", title=title)
+        + theme_bw()
+    )
+    save_plot(plot, path, width=6, height=4)
+    return path
+
+
+def save_plot(plot, path: Path, width: float, height: float, dpi: int = 120) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # plotnine warns about saving and dropped rows
+        plot.save(path, width=width, height=height, dpi=dpi, verbose=False)
+
+
+def scatter(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, dims: Sequence[int], title: str, legend: str):
+    from plotnine import aes, coord_equal, geom_point, ggplot, guide_legend, guides, labs, scale_color_manual, theme_bw
+
+    classes = sorted({*range(len(TAB10)), *labels.tolist()})  # fixed colours, whichever digits are present
+    frame = pd.DataFrame({"x": x.numpy(), "y": y.numpy(), legend: pd.Categorical(labels.numpy(), categories=classes)})
+    return (
+        ggplot(frame, aes("x", "y", color=legend))
+        + geom_point(size=1.0, alpha=0.6, stroke=0)
+        + scale_color_manual(values=TAB10 * math.ceil(len(classes) / len(TAB10)))
+        + coord_equal()
+        + guides(color=guide_legend(override_aes={"size": 3, "alpha": 1}))
+        + labs(x=f"z{dims[0]} (posterior mean)", y=f"z{dims[1]} (posterior mean)", title=title)
+        + theme_bw()
+    )
+
+
+def axes(table: pd.DataFrame, swept: list[str]) -> tuple[str, str]:
+    """(colour/column key, facet/row key): beta and latent_size when swept, else the swept keys."""
+    varying = [key for key in swept if key in table and table[key].nunique(dropna=True) > 1]
+    colour = "beta" if "beta" in varying else (varying[0] if varying else "beta")
+    rest = [key for key in varying if key != colour]
+    facet = "latent_size" if "latent_size" in rest else (rest[0] if rest else "latent_size")
+    return colour, facet
+
+
+def factor(frame: pd.DataFrame, key: str) -> pd.Categorical:
+    """The key's values as labels, ordered by value (so 2 comes before 10)."""
+    values = sorted(frame[key].dropna().unique(), key=sort_key)
+    labels = [str(value) for value in values]
+    return pd.Categorical(frame[key].map(str), categories=labels, ordered=True)
+
+
+def keyed(frame: pd.DataFrame, colour: str, facet: str) -> pd.DataFrame:
+    """A copy with the two swept keys as ordered labels: ``colour`` and ``series`` (the facet key)."""
+    frame = frame.copy()
+    frame["colour"] = factor(frame, colour)
+    frame["series"] = factor(frame, facet) if facet in frame else ""
+    return frame
+
+
+def sort_key(value):
+    try:
+        return (0, float(value))
+    except (TypeError, ValueError):
+        return (1, str(value))
+
+
+def loss_curves(long: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
+    from plotnine import aes, facet_wrap, geom_line, ggplot, labs, scale_x_log10, scale_y_log10, theme_bw
+
+    frame = long[long.split == "train"].copy()
+    frame["colour"] = factor(frame, colour)
+    frame = frame[frame["loss"] > 0]
+    plot = (
+        ggplot(frame, aes("step", "loss", colour="colour", group="member"))
+        + geom_line()
+        + scale_x_log10()
+        + scale_y_log10()
+        + labs(colour=colour, y="train loss (seed units)", title="loss curves")
+        + theme_bw()
+    )
+    if facet in frame and frame[facet].nunique() > 1:
+        plot += facet_wrap(f"~{facet}", labeller="label_both")
+    save_plot(plot, path, width=8, height=5)
+    return path
+
+
+def rate_distortion(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
+    from plotnine import aes, geom_point, geom_text, ggplot, labs, scale_x_continuous, scale_y_continuous, theme_bw
+
+    frame = keyed(done, colour, facet)
+    frame["label"] = [f"{colour}={c}, {facet}={f}" for c, f in zip(frame[colour], frame.get(facet, ""))]
+    plot = (
+        ggplot(frame, aes("test_kl_nats", "test_recon_nats", colour="colour", shape="series"))
+        + geom_point(size=3)
+        + geom_text(aes(label="label"), size=6, va="bottom", nudge_y=0.6, show_legend=False)
+        + scale_x_continuous(expand=(0.12, 0))
+        + scale_y_continuous(expand=(0.08, 0))
+        + labs(
+            x="rate: KL (nats per image, test)",
+            y="distortion: reconstruction (nats per image, test)",
+            colour=colour,
+            shape=facet,
+            title="rate-distortion plane",
+        )
+        + theme_bw()
+    )
+    save_plot(plot, path, width=8, height=6)
+    return path
+
+
+def final_against(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
+    from plotnine import aes, geom_line, geom_point, ggplot, labs, theme_bw
+
+    frame = keyed(done, colour, facet)
+    plot = (
+        ggplot(frame, aes("colour", "test_neg_elbo_nats", colour="series", group="series"))
+        + geom_line()
+        + geom_point(size=2)
+        + labs(x=colour, y="-ELBO (nats per image, test)", colour=facet, title=f"final test -ELBO against {colour}")
+        + theme_bw()
+    )
+    save_plot(plot, path, width=7, height=4.5)
+    return path
