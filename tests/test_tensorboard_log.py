@@ -1,0 +1,182 @@
+"""TensorBoard events written by vaecli, read back with TensorBoard's own event readers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer  # noqa: E402
+from tensorboard.plugins.hparams.api_pb2 import Status  # noqa: E402
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
+
+from vaecli import images  # noqa: E402
+from vaecli.tensorboard_log import TB_DIR, TensorBoardLog, flatten, scalar_tags  # noqa: E402
+
+CONFIG = {
+    "beta": 0.01,
+    "latent_size": 10,
+    "model": {"hidden_sizes": [100, 100], "min_scale": 0.0001},
+    "train": {"steps": 4, "epochs": None, "shuffle": True},
+    "data": {"name": "mnist"},
+}
+
+
+def train_row(step: int, loss: float) -> dict:
+    return {
+        "step": step,
+        "epoch": step / 10,
+        "split": "train",
+        "loss": loss,
+        "reconstruction": loss * 0.9,
+        "kl": loss * 10,
+        "recon_nats": 100.0 / step,
+        "kl_nats": 5.0 + step,
+        "neg_elbo_nats": 100.0 / step + 5.0 + step,
+        "images_per_s": 1000.0 * step,
+        "seconds": 0.1 * step,
+    }
+
+
+def eval_row(step: int) -> dict:
+    row = {**train_row(step, 0.2), "split": "test"}
+    row["images_per_s"] = ""  # test rows have a blank images/s cell, as in metrics.csv
+    return row
+
+
+def accumulator(log_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def plugin_data(events: EventAccumulator, tag: str) -> HParamsPluginData:
+    return HParamsPluginData.FromString(events.PluginTagToContent("hparams")[tag])
+
+
+def write_run(run_dir: Path, failed: bool = False, beta: float = 0.01) -> None:
+    with TensorBoardLog(run_dir) as tb:
+        for step, loss in ((1, 0.7), (2, 0.5), (4, 0.3)):
+            tb.metrics(train_row(step, loss))
+        for step in (1, 4):
+            tb.metrics(eval_row(step))
+        tb.image("images/reconstructions", images.grid_tensor(torch.rand(16, 784), columns=8), 4)
+        tb.image("images/traversal", images.grid_tensor(torch.rand(100, 784), columns=10), 4)
+        final = {"train": train_row(4, 0.3), "test": eval_row(4)}
+        tb.hparams({**CONFIG, "beta": beta}, final, step=4, failed=failed)
+
+
+def test_scalars_have_split_tags_and_the_rows_steps(tmp_path: Path):
+    write_run(tmp_path)
+    events = accumulator(tmp_path / TB_DIR)
+
+    scalars = set(events.Tags()["scalars"])
+    keys = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats", "seconds")
+    assert {f"train/{key}" for key in keys} | {"train/images_per_s"} <= scalars
+    assert {f"test/{key}" for key in keys} <= scalars
+    assert "test/images_per_s" not in scalars  # blank cells are not written as zeros
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (1, pytest.approx(0.7)),
+        (2, pytest.approx(0.5)),
+        (4, pytest.approx(0.3)),
+    ]
+    assert [e.step for e in events.Scalars("test/neg_elbo_nats")] == [1, 4]
+    assert [e.value for e in events.Scalars("train/images_per_s")] == [1000.0, 2000.0, 4000.0]
+
+
+def test_images_are_the_grids_at_their_step(tmp_path: Path):
+    write_run(tmp_path)
+    events = accumulator(tmp_path / TB_DIR)
+
+    assert set(events.Tags()["images"]) == {"images/reconstructions", "images/traversal"}
+    (picture,) = events.Images("images/traversal")
+    assert picture.step == 4
+    assert (picture.height, picture.width) == images.grid_size(10, 10)
+    assert picture.encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_hparams_hold_the_flat_config_and_the_final_metric_tags(tmp_path: Path):
+    write_run(tmp_path)
+    events = accumulator(tmp_path / TB_DIR)
+
+    start = plugin_data(events, "_hparams_/session_start_info").session_start_info
+    assert start.hparams["beta"].number_value == pytest.approx(0.01)
+    assert start.hparams["latent_size"].number_value == 10
+    assert start.hparams["model.hidden_sizes"].string_value == "[100, 100]"
+    assert start.hparams["train.epochs"].string_value == "null"
+    assert start.hparams["train.shuffle"].string_value == "true"
+    assert start.hparams["data.name"].string_value == "mnist"
+
+    experiment = plugin_data(events, "_hparams_/experiment").experiment
+    metric_tags = {info.name.tag for info in experiment.metric_infos}
+    assert {"test/neg_elbo_nats", "train/loss", "test/kl_nats"} <= metric_tags
+    assert {info.name for info in experiment.hparam_infos} >= {"beta", "model.hidden_sizes"}
+    end = plugin_data(events, "_hparams_/session_end_info").session_end_info
+    assert end.status == Status.Value("STATUS_SUCCESS")
+    # the metric columns read the curves' last values: the final test row at step 4
+    assert events.Scalars("test/neg_elbo_nats")[-1].step == 4
+
+
+def test_a_failed_run_is_a_failed_session(tmp_path: Path):
+    write_run(tmp_path, failed=True)
+    end = plugin_data(accumulator(tmp_path / TB_DIR), "_hparams_/session_end_info").session_end_info
+    assert end.status == Status.Value("STATUS_FAILURE")
+
+
+def test_final_metrics_never_logged_as_curves_are_written_for_the_table(tmp_path: Path):
+    with TensorBoardLog(tmp_path) as tb:
+        tb.hparams(CONFIG, {"test": eval_row(8)}, step=8)
+    events = accumulator(tmp_path / TB_DIR)
+    assert [(e.step, e.value) for e in events.Scalars("test/neg_elbo_nats")] == [(8, 25.5)]
+
+
+def test_each_sweep_member_is_one_tensorboard_run_with_its_hparams(tmp_path: Path):
+    for name, beta in (("beta=0.01", 0.01), ("beta=0.1", 0.1)):
+        write_run(tmp_path / name, beta=beta)
+    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path))
+    runs.Reload()
+
+    sessions = runs.PluginRunToTagToContent("hparams")
+    assert set(sessions) == {f"beta=0.01/{TB_DIR}", f"beta=0.1/{TB_DIR}"}  # no timestamped sub-runs
+    betas = {
+        run: HParamsPluginData.FromString(tags["_hparams_/session_start_info"]).session_start_info.hparams["beta"]
+        for run, tags in sessions.items()
+    }
+    assert sorted(value.number_value for value in betas.values()) == [pytest.approx(0.01), pytest.approx(0.1)]
+
+
+def test_scalar_tags_and_flatten():
+    assert scalar_tags({"step": 2, "split": "test", "loss": 1, "images_per_s": "", "kl": True}) == {"test/loss": 1.0}
+    assert flatten({"a": {"b": [1, 2], "c": None}, "d": False, "e": 1.5, "f": "x"}) == {
+        "a.b": "[1, 2]",
+        "a.c": "null",
+        "d": "false",
+        "e": 1.5,
+        "f": "x",
+    }
+
+
+def test_missing_tensorboard_names_the_extra():
+    blocked = (
+        "import sys; sys.modules['tensorboard'] = None\n"
+        "from vaecli.errors import UsageError\n"
+        "from vaecli.tensorboard_log import require_tensorboard\n"
+        "try:\n    require_tensorboard()\nexcept UsageError as error:\n"
+        "    print(error.exit_code, error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == (
+        "2 logger=tensorboard needs tensorboard, which is not installed: pip install 'vaecli[tensorboard]'"
+    )
+
+
+def test_installed_tensorboard_passes_the_check():
+    from vaecli.tensorboard_log import require_tensorboard
+
+    require_tensorboard()
