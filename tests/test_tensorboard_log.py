@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -113,10 +117,8 @@ def test_hparams_hold_the_flat_config_and_the_final_metric_tags(tmp_path: Path):
     assert start.hparams["train.shuffle"].string_value == "true"
     assert start.hparams["data.name"].string_value == "mnist"
 
-    experiment = plugin_data(events, "_hparams_/experiment").experiment
-    metric_tags = {info.name.tag for info in experiment.metric_infos}
-    assert {"test/neg_elbo_nats", "train/loss", "test/kl_nats"} <= metric_tags
-    assert {info.name for info in experiment.hparam_infos} >= {"beta", "model.hidden_sizes"}
+    # no experiment summary: TensorBoard builds it from all members' sessions (see TensorBoardLog.hparams)
+    assert "_hparams_/experiment" not in events.PluginTagToContent("hparams")
     end = plugin_data(events, "_hparams_/session_end_info").session_end_info
     assert end.status == Status.Value("STATUS_SUCCESS")
     # the metric columns read the curves' last values: the final test row at step 4
@@ -180,3 +182,47 @@ def test_installed_tensorboard_passes_the_check():
     from vaecli.tensorboard_log import require_tensorboard
 
     require_tensorboard()
+
+
+def test_tensorboard_shows_one_table_row_per_member_with_swept_keys_first(tmp_path: Path):
+    """The real TensorBoard server on a sweep folder, asked what its HParams table shows."""
+    write_run(tmp_path / "beta=0.01", beta=0.01)
+    write_run(tmp_path / "beta=0.1", beta=0.1, failed=True)
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--port", "0"]
+    log = tmp_path / "tensorboard.log"
+    server = subprocess.Popen([*command, "--host", "127.0.0.1"], stderr=log.open("w"))
+    try:
+        url = server_url(log, server)
+        statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+        query = {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "startIndex": 0, "sliceSize": 10}
+        groups = post(f"{url}/data/plugin/hparams/session_groups", query)["sessionGroups"]
+        experiment = post(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    rows = {group["name"]: group for group in groups}
+    assert set(rows) == {f"beta=0.01/{TB_DIR}", f"beta=0.1/{TB_DIR}"}
+    assert rows[f"beta=0.1/{TB_DIR}"]["sessions"][0]["status"] == "STATUS_FAILURE"
+    final = {m["name"]["tag"]: m["value"] for m in rows[f"beta=0.01/{TB_DIR}"]["metricValues"]}
+    assert final["test/neg_elbo_nats"] == pytest.approx(eval_row(4)["neg_elbo_nats"])
+    hparams = experiment["hparamInfos"]
+    assert hparams[0]["name"] == "beta" and hparams[0]["differs"]  # the swept key leads the table
+    assert not any(info["differs"] for info in hparams[1:])
+
+
+def server_url(log: Path, server: subprocess.Popen, timeout_s: float = 90) -> str:
+    """The address TensorBoard prints once it serves: "TensorBoard 2.x at http://127.0.0.1:PORT/ ..."."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and server.poll() is None:
+        found = re.search(r" at (http://\S+?)/? ", log.read_text())
+        if found:
+            return found.group(1)
+        time.sleep(0.2)
+    pytest.fail(f"tensorboard did not start: {log.read_text()[-2000:]}")
+
+
+def post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())

@@ -107,6 +107,10 @@ class TensorBoardLog:
         last value of that scalar in the run, so the metric columns are the curves' own tags;
         a final value that was never written as a scalar is written now, at ``step``. A failed
         run still gets its row (status failure) so the table shows which configs did not finish.
+
+        No experiment summary is written: the plugin takes the first one it finds as the whole
+        sweep's, whereas without one it builds the experiment from every member's session and
+        puts the keys whose values differ (the swept ones) first, ticked, in the table.
         """
         from torch.utils.tensorboard.summary import hparams
 
@@ -116,10 +120,8 @@ class TensorBoardLog:
         for tag, value in metrics.items():
             if tag not in self.last_step:
                 self.writer.add_scalar(tag, value, step)
-        experiment, start, end = hparams(flatten(config), metrics)
-        if failed:
-            end = session_end(failed=True)
-        for summary in (experiment, start, end):
+        _, start, _ = hparams(flatten(config), metrics)
+        for summary in (start, session_end(failed)):
             self.writer.file_writer.add_summary(summary, step)
         self.writer.flush()
 
