@@ -122,6 +122,16 @@ def test_a_later_override_of_the_same_key_wins():
     assert space.fixed == ("beta=0.1",)
 
 
+def test_probes_cover_every_choice_and_both_ends_of_every_range():
+    space = search_space(["beta=tag(log, interval(0.001, 1))", "latent_size=range(2,21)", "seed=1,2", "train.steps=8"])
+    assert space.probes() == [
+        ["train.steps=8", "beta=0.001", "latent_size=2", "seed=1"],
+        ["train.steps=8", "beta=1.0", "latent_size=2", "seed=1"],
+        ["train.steps=8", "beta=0.001", "latent_size=20", "seed=1"],
+        ["train.steps=8", "beta=0.001", "latent_size=2", "seed=2"],
+    ]
+
+
 def test_sweeps_it_cannot_sample_are_named():
     with pytest.raises(ValueError, match="x=range\\(3,3\\): the range is empty"):
         search_space(["x=range(3,3)"])

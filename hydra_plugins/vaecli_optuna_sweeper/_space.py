@@ -29,6 +29,21 @@ class SearchSpace:
         """One trial's overrides: the shared ones, then its sampled values."""
         return [*self.fixed, *(f"{self.keys[name]}={override_value(value)}" for name, value in params.items())]
 
+    def probes(self) -> list[list[str]]:
+        """Trials worth composing before a search starts, so a bad key or value fails before any folder.
+
+        Every choice and both ends of every range or interval, one key at a time, the other keys
+        at their first value: a handful of configs, however many trials the search will run.
+        """
+        first = {name: edges(distribution)[0] for name, distribution in self.distributions.items()}
+        probes: list[list[str]] = []
+        for name, distribution in self.distributions.items():
+            for value in edges(distribution):
+                trial = self.overrides({**first, name: value})
+                if trial not in probes:
+                    probes.append(trial)
+        return probes
+
 
 def search_space(overrides: Sequence[str]) -> SearchSpace:
     """Parse overrides; a later override of the same key wins, so the command line beats config params."""
@@ -85,6 +100,12 @@ def range_distribution(override: Override) -> BaseDistribution:
     if not values:
         raise ValueError("the range is empty")
     return FloatDistribution(min(values), max(values), step=abs(float(sweep.step)))
+
+
+def edges(distribution: BaseDistribution) -> list[Any]:
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    return [distribution.low, distribution.high]
 
 
 def override_value(value: Any) -> str:
