@@ -239,3 +239,14 @@ def test_a_misnamed_objective_stops_the_search(app: Path):
     done = search(app, "beta=interval(0.001,1)", "hydra.sweeper.objective=final.valid.loss", check=False)
     assert done.returncode == 1
     assert "hydra.sweeper.objective=final.valid.loss: no 'valid'" in done.stdout
+
+
+def test_missing_optuna_names_the_extra(app: Path):
+    argv = [str(app), "--multirun", "hydra/sweeper=optuna", "beta=interval(0.001,1)", f"hydra.sweep.dir={app.parent}/s"]
+    blocked = (
+        f"import runpy, sys; sys.modules['optuna'] = None; sys.argv = {argv!r}; "
+        f"runpy.run_path({str(app)!r}, run_name='__main__')"
+    )
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "hydra/sweeper=optuna needs optuna, which is not installed: pip install 'vaecli[optuna]'" in done.stderr

@@ -16,6 +16,13 @@ DIRECTIONS = ("minimize", "maximize")
 INSTALL_HINT = "pip install 'vaecli[optuna]'"
 
 
+def optuna_installed() -> bool:
+    try:
+        return importlib.util.find_spec("optuna") is not None
+    except (ImportError, ValueError):  # ValueError: blocked as None in sys.modules
+        return False
+
+
 class OptunaSweeper(Sweeper):
     """Asks Optuna for trials, runs them through the configured launcher in batches, tells it the results."""
 
@@ -30,7 +37,7 @@ class OptunaSweeper(Sweeper):
         study_name: str | None,
         params: DictConfig | None,
     ) -> None:
-        if importlib.util.find_spec("optuna") is None:
+        if not optuna_installed():
             raise ImportError(f"hydra/sweeper=optuna needs optuna, which is not installed: {INSTALL_HINT}")
         if direction not in DIRECTIONS:
             raise ValueError(f"hydra.sweeper.direction={direction} is not allowed: use minimize or maximize")
