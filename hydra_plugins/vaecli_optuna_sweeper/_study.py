@@ -56,7 +56,7 @@ def run_search(sweeper: OptunaSweeper, arguments: Sequence[str]) -> list[Sequenc
         sweeper.validate_batch_is_legal(overrides)
         jobs = sweeper.launcher.launch(overrides, initial_job_idx=job_idx)
         job_idx += len(jobs)
-        told = [tell(study, *told, sweeper.objective) for told in zip(trials, jobs, overrides)]
+        told = [tell(study, *finished, sweeper.objective) for finished in zip(trials, jobs, overrides)]
         batches.append(jobs)
         if not all(told):
             log.info("the sampler has tried its whole search space; stopping")
