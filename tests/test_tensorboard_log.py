@@ -1,7 +1,8 @@
-"""TensorBoard events written by vaecli, read back with TensorBoard's own event readers."""
+"""TensorBoard events written by vaecli (``logger=tensorboard``), read back with TensorBoard's own event readers."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -10,8 +11,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
 
@@ -20,8 +24,11 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 from tensorboard.plugins.hparams.api_pb2 import Status  # noqa: E402
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 
+from tests.conftest import invoke, vae_without  # noqa: E402
 from vaecli import images  # noqa: E402
-from vaecli.tensorboard_log import TB_DIR, TensorBoardLog, flatten, scalar_tags  # noqa: E402
+from vaecli.run_folder import TB_DIR  # noqa: E402
+from vaecli.tensorboard_log import SCALAR_KEYS, TensorBoardLog, flatten, scalar_tags  # noqa: E402
+from vaecli.train import TIMING_COLUMNS  # noqa: E402
 
 CONFIG = {
     "beta": 0.01,
@@ -164,26 +171,6 @@ def test_scalar_tags_and_flatten():
     }
 
 
-def test_missing_tensorboard_names_the_extra():
-    blocked = (
-        "import sys; sys.modules['tensorboard'] = None\n"
-        "from vaecli.errors import UsageError\n"
-        "from vaecli.tensorboard_log import require_tensorboard\n"
-        "try:\n    require_tensorboard()\nexcept UsageError as error:\n"
-        "    print(error.exit_code, error)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == (
-        "2 logger=tensorboard needs tensorboard, which is not installed: pip install 'vaecli[tensorboard]'"
-    )
-
-
-def test_installed_tensorboard_passes_the_check():
-    from vaecli.tensorboard_log import require_tensorboard
-
-    require_tensorboard()
-
-
 def test_tensorboard_shows_one_table_row_per_member_with_swept_keys_first(tmp_path: Path):
     """The real TensorBoard server on a sweep folder, asked what its HParams table shows."""
     write_run(tmp_path / "beta=0.01", beta=0.01)
@@ -226,3 +213,100 @@ def post(url: str, payload: dict) -> dict:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
+
+
+# ----------------------------------------------------------------------------- through `vae train` and `vae sweep`
+
+
+@pytest.fixture(scope="module")
+def tb_run(tmp_path_factory, runner, tiny) -> Path:
+    """The same run as conftest's ``trained_run`` (40 steps), with ``logger=tensorboard``."""
+    run_dir = tmp_path_factory.mktemp("tb") / "run"
+    result = invoke(runner, "train", *tiny, "train.steps=40", "logger=tensorboard", f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def test_vae_train_writes_every_metrics_row_as_scalars(tb_run: Path):
+    metrics = pd.read_csv(tb_run / "metrics.csv")
+    events = accumulator(tb_run / TB_DIR)
+    written = set(events.Tags()["scalars"])
+    assert written == {f"{split}/{key}" for split in ("train", "test") for key in SCALAR_KEYS} - {"test/images_per_s"}
+    for (split,), rows in metrics.groupby(["split"]):
+        for key in SCALAR_KEYS:
+            expected = [
+                (step, pytest.approx(value, rel=1e-6)) for step, value in zip(rows.step, rows[key]) if value == value
+            ]
+            got = [(event.step, event.value) for event in events.Scalars(f"{split}/{key}")] if expected else []
+            assert got == expected, f"{split}/{key}"
+    assert [event.step for event in events.Scalars("test/neg_elbo_nats")] == [1, 4, 16, 40]
+
+
+def test_vae_train_draws_the_run_pictures_at_each_test_evaluation(tb_run: Path):
+    events = accumulator(tb_run / TB_DIR)
+    for tag, name in (("images/reconstructions", "reconstructions.png"), ("images/traversal", "traversal.png")):
+        pictures = events.Images(tag)
+        assert [picture.step for picture in pictures] == [1, 4, 16, 40]
+        last = np.asarray(Image.open(io.BytesIO(pictures[-1].encoded_image_string)).convert("RGB"), dtype=int)
+        drawn = np.asarray(Image.open(tb_run / name).convert("RGB"), dtype=int)
+        assert last.shape == drawn.shape and np.abs(last - drawn).max() <= 1  # the run's PNG (rounding aside)
+
+
+def test_vae_train_records_its_config_and_final_metrics_as_hparams(tb_run: Path):
+    events = accumulator(tb_run / TB_DIR)
+    start = plugin_data(events, "_hparams_/session_start_info").session_start_info
+    assert start.hparams["beta"].number_value == pytest.approx(0.01)
+    assert start.hparams["train.steps"].number_value == 40
+    assert start.hparams["logger.name"].string_value == "tensorboard"
+    assert start.hparams["model.hidden_sizes"].string_value == "[100, 100]"
+    end = plugin_data(events, "_hparams_/session_end_info").session_end_info
+    assert end.status == Status.Value("STATUS_SUCCESS")
+    final = json.loads((tb_run / "result.json").read_text())["final"]["test"]["neg_elbo_nats"]
+    assert events.Scalars("test/neg_elbo_nats")[-1].value == pytest.approx(final, rel=1e-6)
+
+
+def test_the_logger_changes_no_result(tb_run: Path, trained_run: Path):
+    with_events, without = (
+        pd.read_csv(run / "metrics.csv").drop(columns=list(TIMING_COLUMNS)) for run in (tb_run, trained_run)
+    )
+    pd.testing.assert_frame_equal(with_events, without)
+    assert not (trained_run / TB_DIR).exists()  # logger=csv, the default, writes no events
+
+
+def test_a_failed_run_is_a_failed_hparams_session(runner, tiny, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    result = invoke(runner, "train", *tiny, "logger=tensorboard", "+fail_at_step=5", f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 1
+    events = accumulator(run_dir / TB_DIR)
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 4]
+    assert plugin_data(events, "_hparams_/session_start_info").session_start_info.hparams["beta"].number_value > 0
+    end = plugin_data(events, "_hparams_/session_end_info").session_end_info
+    assert end.status == Status.Value("STATUS_FAILURE")
+
+
+def test_a_sweep_gives_one_tensorboard_run_and_hparams_row_per_member(runner, tiny, tmp_path: Path):
+    sweep_dir = tmp_path / "sweep"
+    result = invoke(runner, "sweep", *tiny, "beta=0,0.5", "logger=tensorboard", f"hydra.sweep.dir={sweep_dir}")
+    assert result.exit_code == 0, result.output
+    runs = EventMultiplexer().AddRunsFromDirectory(str(sweep_dir))
+    runs.Reload()
+    sessions = runs.PluginRunToTagToContent("hparams")
+    assert set(sessions) == {f"beta=0/{TB_DIR}", f"beta=0.5/{TB_DIR}"}
+    for run, tags in sessions.items():
+        start = HParamsPluginData.FromString(tags["_hparams_/session_start_info"]).session_start_info
+        assert f"beta={start.hparams['beta'].number_value:g}/{TB_DIR}" == run
+        events = accumulator(sweep_dir / run)
+        assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 4, 8]
+        assert [picture.step for picture in events.Images("images/traversal")] == [1, 4, 8]  # test evaluations
+
+
+@pytest.mark.parametrize("command", [["train"], ["sweep", "beta=0,1"]])
+def test_missing_tensorboard_is_one_line_and_no_folder(tmp_path: Path, command: list[str]):
+    done = vae_without("tensorboard", *command, "logger=tensorboard", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: logger=tensorboard needs tensorboard, which is not installed: pip install 'vaecli[tensorboard]'"
+    ]
+    assert done.stderr.splitlines()[-1] == errors[0] and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []

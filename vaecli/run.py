@@ -15,19 +15,22 @@ import os
 import time
 import traceback
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vaecli import config as config_module
-from vaecli import run_folder
+from vaecli import extras, run_folder
 from vaecli.errors import RunError, VaeError, first_line
 from vaecli.hydra_bridge import compose, has_key, print_config, quote_value, run_hydra
 from vaecli.runtime import pick_device, slurm_job_id, threads_for
 
+if TYPE_CHECKING:
+    from vaecli.train import RowHook
+
 log = logging.getLogger("vaecli")
-RECONSTRUCTION_COUNT = 8
 SUMMARY_COLUMNS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
 # what may differ between runs without changing their results
 PLACE_KEYS = ((None, "device"), (None, "threads"), ("data", "root"), ("train", "progress"))
@@ -66,6 +69,8 @@ def preflight(configs: Iterable[DictConfig]) -> None:
     from vaecli.datasets import ensure_data
 
     configs = list(configs)
+    if any(cfg.logger.name == "tensorboard" for cfg in configs):
+        extras.require("tensorboard", "logger=tensorboard")
     for device in sorted({cfg.device for cfg in configs}):
         pick_device(device)
     for name, root in sorted({(cfg.data.name, cfg.data.root) for cfg in configs}):
@@ -94,7 +99,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     run_folder.write_result(out_dir, status="running", started=started, config_hash=fingerprint, **where)
     threads = threads_for(cfg.threads, hydra_cfg.launcher if sweeping else None)
     try:
-        result = train_and_save(cfg, out_dir, threads=threads, interactive=not sweeping)
+        with run_logger(cfg, out_dir) as on_row:
+            result = train_and_save(cfg, out_dir, threads=threads, interactive=not sweeping, on_row=on_row)
     except BaseException as error:
         message = f"{type(error).__name__}: {error}"
         elapsed = round(time.time() - started, 3)
@@ -117,12 +123,25 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bool) -> dict[str, Any]:
+def run_logger(cfg: DictConfig, out_dir: Path) -> AbstractContextManager[Any]:
+    """``logger=tensorboard``: a row hook writing TensorBoard events (``with`` it: its exit writes the
+    HParams row, failed or not); ``logger=csv``: no hook, metrics.csv is the whole record."""
+    if cfg.logger.name != "tensorboard":
+        return nullcontext(None)
+    from vaecli.tensorboard_log import RunEvents
+
+    return RunEvents(out_dir, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+
+
+def train_and_save(
+    cfg: DictConfig, out_dir: Path, threads: int, interactive: bool, on_row: RowHook | None = None
+) -> dict[str, Any]:
     """Train with progress on the terminal, then write the checkpoint, the figures and the summary."""
     import torch
     from rich.console import Console
 
     from vaecli import checkpoint
+    from vaecli.train import no_row_hook
     from vaecli.train import train as train_loop
 
     torch.set_num_threads(threads)
@@ -135,7 +154,8 @@ def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bo
             console.print(f"[dim]{message}[/dim]")
 
     with TrainingProgress(console, enabled=interactive and cfg.train.progress) as progress:
-        result = train_loop(cfg, out_dir, on_progress=progress.update if progress.enabled else None, say=say)
+        on_progress = progress.update if progress.enabled else None
+        result = train_loop(cfg, out_dir, on_progress=on_progress, say=say, on_row=on_row or no_row_hook)
     checkpoint.save(
         out_dir / run_folder.CHECKPOINT,
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -188,18 +208,14 @@ class TrainingProgress:
 
 def draw_run_figures(result, out_dir: Path, cfg: DictConfig) -> None:
     import pandas as pd
-    import torch
 
     from vaecli import images, latents, plots
 
-    model = result.model.eval()
     title = f"beta={cfg.beta}, latent_size={cfg.latent_size}"
     plots.loss_plot(pd.DataFrame(result.rows), out_dir / run_folder.LOSS_PNG, title=title)
-    originals = result.test.images[:RECONSTRUCTION_COUNT].cpu()
-    reconstructions = latents.reconstructions(model, originals)
-    pair = torch.cat([originals, reconstructions])
-    images.save_grid(pair, out_dir / run_folder.RECONSTRUCTIONS_PNG, RECONSTRUCTION_COUNT)
-    images.save_grid(latents.traversal_grid(model), out_dir / run_folder.TRAVERSAL_PNG, columns=10)
+    files = {"reconstructions": run_folder.RECONSTRUCTIONS_PNG, "traversal": run_folder.TRAVERSAL_PNG}
+    for name, (tiles, columns) in latents.run_pictures(result.model.eval(), result.test.images).items():
+        images.save_grid(tiles, out_dir / files[name], columns)
 
 
 def print_summary(console, final: dict[str, dict[str, float]], out_dir: Path, steps: int, seconds: float) -> None:

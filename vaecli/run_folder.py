@@ -22,6 +22,7 @@ RECONSTRUCTIONS_PNG = "reconstructions.png"
 TRAVERSAL_PNG = "traversal.png"
 CHECKPOINT = "checkpoint.pt"
 RESULT_JSON = "result.json"
+TB_DIR = "tb"  # logger=tensorboard: the run's TensorBoard events
 
 # a sweep folder (beside its members' run folders)
 PLAN_JSON = "sweep.json"

@@ -12,26 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vaecli import extras
+from vaecli.run_folder import TB_DIR
+from vaecli.train import METRIC_COLUMNS
 
-TB_DIR = "tb"
-# metrics-row keys written as scalars, each as "<split>/<key>"
-SCALAR_KEYS = (
-    "loss",
-    "reconstruction",
-    "kl",
-    "recon_nats",
-    "kl_nats",
-    "neg_elbo_nats",
-    "images_per_s",
-    "seconds",
-)
+# metrics-row keys written as scalars, each as "<split>/<key>": every column but the row's place
+SCALAR_KEYS = tuple(column for column in METRIC_COLUMNS if column not in ("step", "epoch", "split"))
 HParamValue = float | int | str
-
-
-def require_tensorboard() -> None:
-    """One-line usage error naming ``pip install 'vaecli[tensorboard]'`` when TensorBoard is missing."""
-    extras.require("tensorboard", "logger=tensorboard")
 
 
 def scalar_tags(row: Mapping[str, Any]) -> dict[str, float]:
@@ -133,6 +119,57 @@ class TensorBoardLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RunEvents:
+    """``logger=tensorboard`` for one run: the row hook of the training loop, and the HParams row at the end.
+
+    Every metrics row becomes scalars; at a test row the run's pictures (``latents.run_pictures``)
+    are drawn from the model as it is then. Leaving the ``with`` block writes the config with the
+    last rows seen as the run's HParams session, marked failed when the block raised, so a sweep's
+    table shows the members that did not finish too.
+    """
+
+    def __init__(self, run_dir: Path, config: Mapping[str, Any]):
+        self.config = config
+        self.events = TensorBoardLog(run_dir)
+        self.final: dict[str, Mapping[str, Any]] = {}  # split -> its last row
+        self.step = 0
+        self.test_images: Any = None
+
+    def __call__(self, row: Mapping[str, Any], model: Any) -> None:
+        self.events.metrics(row)
+        self.final[row["split"]] = row
+        self.step = max(self.step, int(row["step"]))
+        if row["split"] == "test":
+            self.pictures(model)
+
+    def pictures(self, model: Any) -> None:
+        from vaecli import images, latents
+
+        if self.test_images is None:
+            self.test_images = first_test_images(self.config, latents.RUN_ORIGINALS)
+        model.eval()
+        for name, (tiles, columns) in latents.run_pictures(model, self.test_images).items():
+            self.events.image(f"images/{name}", images.grid_tensor(tiles, columns), self.step)
+        model.train()
+
+    def __enter__(self) -> RunEvents:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.events.hparams(self.config, self.final, self.step, failed=kind is not None)
+        finally:
+            self.events.close()
+
+
+def first_test_images(config: Mapping[str, Any], count: int) -> Any:
+    """The test images the run's figures show (the loop keeps its test split to itself)."""
+    from vaecli.data import load_split
+
+    data = config["data"]
+    return load_split(data["name"], data["root"], train=False, limit=count).images
 
 
 def session_end(failed: bool) -> Any:

@@ -111,6 +111,11 @@ class MetricsWriter:
 
 
 ProgressHook = Callable[[int, int, float, float], None]
+RowHook = Callable[[dict[str, Any], VAE], None]  # called with each metrics row just written, and the model
+
+
+def no_row_hook(row: dict[str, Any], model: VAE) -> None:
+    """The default :data:`RowHook`: metrics.csv is the whole record."""
 
 
 def train(
@@ -118,6 +123,7 @@ def train(
     out_dir: Path,
     on_progress: ProgressHook | None = None,
     say: Callable[[str], None] = log.info,
+    on_row: RowHook = no_row_hook,
 ) -> TrainResult:
     """Train one model as ``cfg`` says, writing metrics.csv into ``out_dir`` as it goes."""
     device = pick_device(cfg.device)
@@ -167,11 +173,14 @@ def train(
                     row["images_per_s"] = round((step - last_step) * batch_size / max(now - last_time, 1e-9), 1)
                     row["seconds"] = round(now - started, 4)
                     metrics.write(row)
+                    on_row(row, model)
                     log.info(f"step {step}: loss {row['loss']:.5f}, neg_elbo_nats {row['neg_elbo_nats']:.2f}")
                     last_time, last_step = now, step
                 if step in evaluated:
                     eval_started = time.perf_counter()
-                    metrics.write(test_row(model, test_images, beta, cfg.seed, step, batches.epoch(step), started))
+                    row = test_row(model, test_images, beta, cfg.seed, step, batches.epoch(step), started)
+                    metrics.write(row)
+                    on_row(row, model)  # inside the evaluation's time, which images_per_s leaves out
                     spent = time.perf_counter() - eval_started
                     eval_seconds += spent
                     last_time += spent  # images_per_s counts training time only
