@@ -241,6 +241,12 @@ def test_a_misnamed_objective_stops_the_search(app: Path):
     assert "hydra.sweeper.objective=final.valid.loss: no 'valid'" in done.stdout
 
 
+def test_the_results_file_is_the_one_vaecli_reads():
+    from vaecli.run_folder import BEST_TRIAL_YAML
+
+    assert RESULTS_NAME == BEST_TRIAL_YAML
+
+
 def test_missing_optuna_names_the_extra(app: Path):
     argv = [str(app), "--multirun", "hydra/sweeper=optuna", "beta=interval(0.001,1)", f"hydra.sweep.dir={app.parent}/s"]
     blocked = (

@@ -31,6 +31,9 @@ LONG_CSV = "metrics_long.csv"
 LOSS_CURVES_PNG = "loss_curves.png"
 RATE_DISTORTION_PNG = "rate_distortion.png"
 NEG_ELBO_PNG = "neg_elbo.png"
+# hydra/sweeper=optuna: the search's best trial, written by hydra_plugins/vaecli_optuna_sweeper/_study.py
+# (RESULTS_NAME there, the name Hydra's own Optuna plugin uses)
+BEST_TRIAL_YAML = "optimization_results.yaml"
 MONTAGE_SOURCES = (RECONSTRUCTIONS_PNG, TRAVERSAL_PNG)
 
 

@@ -169,6 +169,7 @@ def report(folder: Path, console) -> int:
             cells.append("" if value is None or pd.isna(value) else f"{float(value):.2f}")
         out.add_row(*cells, style="red" if row.get("status") != "ok" else None)
     Console().print(out)
+    print_best_trial(folder, Console())
     console.print(f"wrote {folder / run_folder.SWEEP_CSV}, {folder / run_folder.LONG_CSV} and {len(figures)} figures")
     failed = table[table.status != "ok"] if "status" in table else table.iloc[0:0]
     if len(failed):
@@ -177,6 +178,30 @@ def report(folder: Path, console) -> int:
             console.print(f"  {row['overrides']}: {row['error']}")
         return 1
     return 0
+
+
+def print_best_trial(folder: Path, console) -> None:
+    """An Optuna search's answer, as its sweeper wrote it (optimization_results.yaml); nothing for a grid."""
+    path = folder / run_folder.BEST_TRIAL_YAML
+    if not path.is_file():
+        return
+    found = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(found, dict)
+    counts = f"{found['trials']} trials, {found['completed']} completed, {found['failed']} failed"
+    best = found.get("best_trial")
+    if not best:
+        console.print(f"[red]Optuna search: {counts}; no best trial[/red]")
+        return
+    values = " ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in found["best_params"].items()
+    )
+    where = Path(best.get("output_dir", ""))
+    member = where.relative_to(folder.resolve()) if where.is_relative_to(folder.resolve()) else where
+    console.print(
+        f"[bold green]best trial[/bold green] of the Optuna search ({counts}): [bold]{values}[/bold], "
+        f"{found['objective']} = {found['best_value']:.4g} ({found['direction']}), in {member}"
+    )
 
 
 def draw_all(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: list[str]) -> list[Path]:

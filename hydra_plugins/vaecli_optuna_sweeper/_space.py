@@ -45,10 +45,12 @@ class SearchSpace:
         return probes
 
 
-def search_space(overrides: Sequence[str]) -> SearchSpace:
-    """Parse overrides; a later override of the same key wins, so the command line beats config params."""
+def search_space(overrides: Sequence[str], params: Mapping[str, Any] | None = None) -> SearchSpace:
+    """Parse ``params`` (``hydra.sweeper.params``: key -> sweep) then ``overrides``; a later override of
+    the same key wins, so the command line beats config params."""
+    from_config = [f"{key}={value}" for key, value in (params or {}).items()]
     latest: dict[str, Override] = {}
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
+    for override in OverridesParser.create().parse_overrides([*from_config, *overrides]):
         latest.pop(override.key_or_group, None)  # re-inserted last: command line order decides
         latest[override.key_or_group] = override
     distributions, keys, fixed = {}, {}, []

@@ -32,8 +32,7 @@ RESULTS_NAME = "optimization_results.yaml"
 def run_search(sweeper: OptunaSweeper, arguments: Sequence[str]) -> list[Sequence[JobReturn]]:
     """Run ``sweeper.n_trials`` trials of the search that ``arguments`` and ``sweeper.params`` describe."""
     assert sweeper.config is not None and sweeper.launcher is not None
-    from_config = [f"{key}={value}" for key, value in sweeper.params.items()]
-    space = search_space([*from_config, *arguments])
+    space = search_space(arguments, sweeper.params)
     if not space.distributions:
         raise ValueError("hydra/sweeper=optuna needs something to search, e.g. 'beta=tag(log, interval(0.001, 1))'")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log lines say what happens
