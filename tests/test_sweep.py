@@ -206,6 +206,17 @@ def test_an_optuna_search_is_checked_through_its_probes_not_a_grid():
 
 
 @needs_optuna
+def test_the_best_beta_preset_is_an_optuna_search_over_beta():
+    preset = plan(["search=best_beta", "train.steps=8"])
+    assert (preset.sweeper, preset.total) == ("optuna", 20)
+    assert sorted(cfg.beta for cfg in preset.configs) == [0.001, 1.0]
+    assert {cfg.latent_size for cfg in preset.configs} == {10}
+    assert {cfg.hydra.sweeper.sampler.seed for cfg in preset.configs} == {0}
+    with pytest.raises(UsageError, match="no config 'search/nonesuch'"):
+        plan(["search=nonesuch"])
+
+
+@needs_optuna
 def test_an_optuna_search_runs_trials_as_members_and_names_the_best(runner, tiny, tmp_path):
     sweep_dir = tmp_path / "search"
     searched = ["hydra/sweeper=optuna", "beta=tag(log, interval(0.001, 1))", "latent_size=range(2,5)"]
