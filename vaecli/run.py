@@ -116,11 +116,16 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """What decides a run's results: the resolved config without where and how fast it runs."""
+    """What decides a run's results (and what it writes)."""
+    return hashlib.sha256(json.dumps(deciding_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def deciding_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without where and how fast it runs."""
     container = OmegaConf.to_container(cfg, resolve=True)
     for section, key in PLACE_KEYS:
         (container[section] if section else container).pop(key, None)  # type: ignore[index, union-attr]
-    return hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
+    return container  # type: ignore[return-value]
 
 
 def run_logger(cfg: DictConfig, out_dir: Path) -> AbstractContextManager[Any]:
@@ -130,7 +135,8 @@ def run_logger(cfg: DictConfig, out_dir: Path) -> AbstractContextManager[Any]:
         return nullcontext(None)
     from vaecli.tensorboard_log import RunEvents
 
-    return RunEvents(out_dir, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    shown = {key: value for key, value in deciding_config(cfg).items() if key != "logger"}  # HParams columns
+    return RunEvents(out_dir, shown, data=(cfg.data.name, cfg.data.root))
 
 
 def train_and_save(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -177,7 +178,10 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         if sweep_plan.launcher.startswith("submitit_slurm"):
             console.print("waiting for the sweep's other SLURM jobs to finish ...")
             wait_for_scheduler(sweep_plan.sweep_dir)
-    return report(sweep_plan.sweep_dir, console)
+    code = report(sweep_plan.sweep_dir, console)
+    if any(cfg.logger.name == "tensorboard" for cfg in sweep_plan.configs):
+        console.print(f"compare the members in TensorBoard: tensorboard --logdir {quote(str(sweep_plan.sweep_dir))}")
+    return code
 
 
 def write_plan(sweep_plan: SweepPlan) -> None:

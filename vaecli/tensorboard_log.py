@@ -130,8 +130,11 @@ class RunEvents:
     table shows the members that did not finish too.
     """
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any]):
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], data: tuple[str, str]):
+        """``config``: the run's config as its HParams row shows it; ``data``: the dataset's name and
+        root, where the test images of the pictures come from."""
         self.config = config
+        self.data = data
         self.events = TensorBoardLog(run_dir)
         self.final: dict[str, Mapping[str, Any]] = {}  # split -> its last row
         self.step = 0
@@ -148,7 +151,7 @@ class RunEvents:
         from vaecli import images, latents
 
         if self.test_images is None:
-            self.test_images = first_test_images(self.config, latents.RUN_ORIGINALS)
+            self.test_images = first_test_images(*self.data, latents.RUN_ORIGINALS)
         model.eval()
         for name, (tiles, columns) in latents.run_pictures(model, self.test_images).items():
             self.events.image(f"images/{name}", images.grid_tensor(tiles, columns), self.step)
@@ -164,12 +167,11 @@ class RunEvents:
             self.events.close()
 
 
-def first_test_images(config: Mapping[str, Any], count: int) -> Any:
+def first_test_images(name: str, root: str, count: int) -> Any:
     """The test images the run's figures show (the loop keeps its test split to itself)."""
     from vaecli.data import load_split
 
-    data = config["data"]
-    return load_split(data["name"], data["root"], train=False, limit=count).images
+    return load_split(name, root, train=False, limit=count).images
 
 
 def session_end(failed: bool) -> Any:
