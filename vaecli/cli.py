@@ -81,6 +81,7 @@ def root(
         "vae train data=fashion_mnist model.hidden_sizes=[256,256] device=cuda",
         "vae train train.epochs=5 train.shuffle=false data.train_on=all",
         "vae train hydra.run.dir=runs/first (choose the run folder)",
+        "vae train logger=tensorboard (also TensorBoard events in <run folder>/tb)",
         "vae train --cfg job (print the composed config)",
     )
 )
@@ -99,6 +100,9 @@ def train(overrides: Overrides = None, cfg: CfgOption = None, resolve: ResolveOp
         "vae sweep 'latent_size=range(2,12,2)' beta=0.01",
         "vae sweep beta=0,1 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu",
         "vae sweep beta=0,1 hydra.sweep.dir=sweeps/first (run it again to resume)",
+        "vae sweep hydra/sweeper=optuna 'beta=tag(log, interval(0.001, 1))' 'latent_size=range(2,21)' "
+        "hydra.sweeper.n_trials=20 (an Optuna search: each trial a member)",
+        "vae sweep search=best_beta (a preset search: which beta minimises the test -ELBO?)",
         "vae sweep --report outputs/sweeps/2026-11-25/10-31-07 (re-aggregate a sweep folder)",
     )
 )
@@ -111,7 +115,7 @@ def sweep(
         str, typer.Option(help="Grid from conf/sweep/ used for keys the command line leaves unswept.")
     ] = "default",
 ) -> None:
-    """Run a grid of trainings through Hydra's multirun and compare them (sweep.csv and plots)."""
+    """Run a grid of trainings (or an Optuna search) through Hydra's multirun and compare them (sweep.csv and plots)."""
     from vaecli import sweep as sweeps
 
     raise typer.Exit(sweeps.sweep(overrides or [], report, grid))
