@@ -216,6 +216,14 @@ def test_the_best_beta_preset_is_an_optuna_search_over_beta():
         plan(["search=nonesuch"])
 
 
+def test_a_search_draws_its_neg_elbo_figure_on_a_numeric_axis(tmp_path):
+    from vaecli import plots
+
+    betas = [0.001 * 1.7**i for i in range(12)]  # more values than a grid names: one tick each would collide
+    done = pd.DataFrame({"beta": betas, "latent_size": 10, "test_neg_elbo_nats": [130 + b * 50 for b in betas]})
+    assert plots.final_against(done, tmp_path / "neg_elbo.png", "beta", "latent_size").stat().st_size > 1000
+
+
 @needs_optuna
 def test_an_optuna_search_runs_trials_as_members_and_names_the_best(runner, tiny, tmp_path):
     sweep_dir = tmp_path / "search"

@@ -135,16 +135,26 @@ def rate_distortion(done: pd.DataFrame, path: Path, colour: str, facet: str) -> 
     return path
 
 
+SEARCHED_VALUES = 8  # more distinct numbers than a hand-written grid: a search, drawn on a numeric axis
+
+
 def final_against(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
-    from plotnine import aes, geom_line, geom_point, ggplot, labs, theme_bw
+    """Final test -ELBO against the colour key: one tick per value for a grid; a numeric axis (log
+    scale for positive values spanning a decade) for the many values of an Optuna search."""
+    from plotnine import aes, geom_line, geom_point, ggplot, labs, scale_x_log10, theme_bw
 
     frame = keyed(done, colour, facet)
+    numbers = pd.to_numeric(frame[colour], errors="coerce")
+    searched = numbers.notna().all() and numbers.nunique() > SEARCHED_VALUES
+    frame["x"] = numbers if searched else frame["colour"]
     plot = (
-        ggplot(frame, aes("colour", "test_neg_elbo_nats", colour="series", group="series"))
+        ggplot(frame, aes("x", "test_neg_elbo_nats", colour="series", group="series"))
         + geom_line()
         + geom_point(size=2)
         + labs(x=colour, y="-ELBO (nats per image, test)", colour=facet, title=f"final test -ELBO against {colour}")
         + theme_bw()
     )
+    if searched and numbers.min() > 0 and numbers.max() >= 10 * numbers.min():
+        plot += scale_x_log10()
     save_plot(plot, path, width=7, height=4.5)
     return path
