@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.conftest import invoke
 from vaecli.images import grid_size
-from vaecli.train import METRIC_COLUMNS, TIMING_COLUMNS, eval_steps, log_steps
+from vaecli.metrics import METRIC_COLUMNS, TIMING_COLUMNS
+from vaecli.train import eval_steps, log_steps
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 RUN_FILES = [

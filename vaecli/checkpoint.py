@@ -48,9 +48,11 @@ def save(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     step: int,
-    rng: dict[str, torch.Tensor],
+    rng: dict[str, Any],
     final: dict | None = None,
+    training: dict | None = None,
 ) -> None:
+    """Write a checkpoint; ``training`` (the loop's position, from :mod:`vaecli.train`) lets a run continue."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -60,8 +62,17 @@ def save(
         "optimizer": to_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "rng": to_cpu(rng),
         "final": final or {},
+        "training": to_cpu(training),
     }
     atomic_save(payload, path)
+
+
+def training_state(payload: dict[str, Any], file: Path) -> dict[str, Any]:
+    """What the loop needs to continue from a loaded checkpoint, or a one-line refusal."""
+    state = payload.get("training")
+    if not isinstance(state, dict) or not isinstance(payload.get("optimizer"), dict):
+        raise CheckpointError(f"{file} holds no training state to continue from (an older vaecli wrote it)")
+    return state
 
 
 def resolve(path: str | Path) -> Path:

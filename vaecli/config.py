@@ -20,6 +20,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_ON = ("train", "all")
 DATA_ROOT_ENV = "VAECLI_DATA"
 DEFAULT_DATA_ROOT = "~/.cache/vaecli"
+# train.checkpoint_every=null saves a checkpoint after about this much training time: a hard kill
+# (SIGKILL, out of memory, a lost node) loses at most about a minute, whatever the model and device
+AUTO_CHECKPOINT_SECONDS = 60.0
 
 
 def default_root() -> Path:
@@ -51,6 +54,8 @@ class TrainConfig:
     shuffle: bool = True  # reshuffle every epoch; false reproduces the seed's fixed batch order
     eval_every: int | None = None  # None: test evaluations at 1, 4, 16, ... and the end; N: every N; 0: at the end
     progress: bool = True
+    # steps between checkpoints; null: about every AUTO_CHECKPOINT_SECONDS (60 s) of training; 0: at the end only
+    checkpoint_every: int | None = None
 
 
 @dataclass
@@ -90,6 +95,11 @@ def check_values(cfg: Any) -> None:
             "train.eval_every",
             cfg.train.eval_every is None or cfg.train.eval_every >= 0,
             "must be >= 0 or null",
+        ),
+        (
+            "train.checkpoint_every",
+            cfg.train.checkpoint_every is None or cfg.train.checkpoint_every >= 0,
+            "must be >= 0 (0: at the end only) or null (about every minute)",
         ),
         (
             "model.hidden_sizes",

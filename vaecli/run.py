@@ -1,17 +1,20 @@
 """One run from end to end: pre-flight checks, the Hydra task, then checkpoint, figures and summary.
 
-``vae train`` checks its overrides, device and data before Hydra makes a folder, then runs
-:func:`task` through Hydra's main. The same task serves every member of ``vae sweep``
-(multirun): there a member never raises but records its failure in result.json, so the other
-members go on and aggregation sees every member's status, whatever the launcher.
+``vae train`` checks its overrides, device and data before Hydra makes a folder, claims the
+folder, then runs :func:`task` through Hydra's main. The same task serves every member of
+``vae sweep`` (multirun): there a member never raises but records its failure in result.json,
+so the other members go on and aggregation sees every member's status, whatever the launcher.
+
+A first SIGINT/SIGTERM ends training after the current step with a checkpoint, figures and
+result.json "interrupted"; `vae train` then exits 130/143 with the command that continues it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
+import shlex
+import signal
 import time
 import traceback
 from collections.abc import Iterable, Sequence
@@ -21,16 +24,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vaecli import config as config_module
+from vaecli import resume as resuming
 from vaecli import run_folder
-from vaecli.errors import RunError, VaeError, first_line
+from vaecli.errors import RunError, Stopped, VaeError, first_line
 from vaecli.hydra_bridge import compose, has_key, print_config, quote_value, run_hydra
+from vaecli.resume import config_hash
 from vaecli.runtime import pick_device, slurm_job_id, threads_for
+from vaecli.signals import STOP, Interrupted, exit_code, signal_name
 
 log = logging.getLogger("vaecli")
 RECONSTRUCTION_COUNT = 8
 SUMMARY_COLUMNS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
-# what may differ between runs without changing their results
-PLACE_KEYS = ((None, "device"), (None, "threads"), ("data", "root"), ("train", "progress"))
 
 config_module.register()  # launchers unpickle `task` in fresh processes: the schema must be known there
 
@@ -38,27 +42,67 @@ config_module.register()  # launchers unpickle `task` in fresh processes: the sc
 # ----------------------------------------------------------------------------- before Hydra
 
 
-def train(overrides: Sequence[str], cfg_flag: str | None = None, resolve: bool = False) -> Path:
-    """``vae train``: check everything, then run one training through Hydra; returns the run folder."""
+def train(
+    overrides: Sequence[str], cfg_flag: str | None = None, resolve: bool = False, resume: str | None = None
+) -> Path:
+    """``vae train``: check everything, claim a folder, then train through Hydra; returns the run folder.
+
+    ``resume`` (a run folder or its checkpoint) continues that run in its own folder instead.
+    """
     if cfg_flag is not None:
         print_config(overrides, cfg_flag, resolve, task)
         return Path.cwd()
-    composed = compose(overrides, with_hydra=True)
-    preflight([composed])
-    run_dir = Path(composed.hydra.run.dir)
-    arguments = list(overrides)
-    if not has_key(overrides, "hydra.run.dir"):
-        run_dir = run_folder.fresh_folder(run_dir)
-        arguments.append(f"hydra.run.dir={quote_value(str(run_dir))}")
+    with STOP.installed():
+        try:
+            return start(overrides, resume)
+        except Interrupted as error:  # a second signal before training began
+            raise Stopped(f"{signal_name(error.signum)} before training began", exit_code(error.signum)) from None
+
+
+def start(overrides: Sequence[str], resume: str | None) -> Path:
+    if resume is not None:
+        run_dir, arguments, composed = resuming.prepare(resume, overrides)
+        preflight([composed])
+    else:
+        composed = compose(overrides, with_hydra=True)
+        preflight([composed])
+        run_dir, arguments = claim_folder(composed, overrides)
     try:
         run_hydra(task, arguments)
     except VaeError:
         raise
-    except KeyboardInterrupt:
-        raise RunError("interrupted; the run folder keeps what was written so far") from None
+    except KeyboardInterrupt as error:  # a second signal while training
+        raise stopped(run_dir, getattr(error, "signum", None) or STOP.signum or signal.SIGINT) from None
     except (RuntimeError, OSError, ValueError) as error:
         raise RunError(f"{type(error).__name__}: {first_line(error)}") from None
+    if STOP.signum is not None and (run_folder.read_result(run_dir) or {}).get("status") == "interrupted":
+        raise stopped(run_dir, STOP.signum)
     return run_dir
+
+
+def claim_folder(composed: DictConfig, overrides: Sequence[str]) -> tuple[Path, list[str]]:
+    """This run's own folder: the one hydra.run.dir names (if it holds no run yet) or a fresh one."""
+    if has_key(overrides, "hydra.run.dir"):
+        return run_folder.claim(Path(composed.hydra.run.dir)), list(overrides)
+    run_dir = run_folder.claim_fresh(Path(composed.hydra.run.dir))
+    return run_dir, [*overrides, f"hydra.run.dir={quote_value(str(run_dir))}"]
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"vae train --resume {shlex.quote(str(run_dir))}"
+
+
+def stopped(run_dir: Path, signum: int) -> Stopped:
+    """The one line a stopped `vae train` ends with, and its exit code (128 + the signal's number)."""
+    result = run_folder.read_result(run_dir) or {}
+    name, step, steps = signal_name(signum), result.get("step"), result.get("steps")
+    if not (run_dir / run_folder.CHECKPOINT).is_file():
+        return Stopped(f"run {run_dir} interrupted by {name} before its first checkpoint", exit_code(signum))
+    where = f"at step {step} of {steps}" if steps is not None else f"at step {step}"
+    message = (
+        f"run {run_dir} interrupted by {name} {where} (checkpoint saved); continue it with: {resume_command(run_dir)}"
+    )
+    return Stopped(message, exit_code(signum))
 
 
 def preflight(configs: Iterable[DictConfig]) -> None:
@@ -83,46 +127,63 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     out_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg else Path.cwd()
     sweeping = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+    stop_file = Path(hydra_cfg.sweep.dir) / run_folder.STOP_FILE if sweeping else None
+    with STOP.installed(stop_file=stop_file):
+        return run_task(cfg, out_dir, hydra_cfg.launcher if sweeping else None, sweeping)
+
+
+def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> dict[str, Any]:
+    """One run (or sweep member) in ``out_dir``: skipped, started, or continued from its checkpoint."""
     fingerprint = config_hash(cfg)
-    if sweeping:
-        done = run_folder.read_result(out_dir)
-        if done and done.get("status") == "ok" and done.get("config_hash") == fingerprint:
-            log.info("already completed with this config; skipped")
-            return done
+    previous = run_folder.read_result(out_dir)
+    if sweeping and previous and previous.get("status") == "ok" and previous.get("config_hash") == fingerprint:
+        log.info("already completed with this config; skipped")
+        return previous
+    if sweeping and STOP.requested():  # the sweep is stopping: start no member
+        if previous is None:
+            run_folder.write_result(out_dir, status="interrupted", step=0, config_hash=fingerprint)
+        return {"status": "interrupted"}
+    resume = resuming.resume_point(cfg, out_dir, previous, sweeping)
     started = time.time()
     where = {"slurm_job_id": slurm_job_id(), "host": os.uname().nodename, "pid": os.getpid()}
-    run_folder.write_result(out_dir, status="running", started=started, config_hash=fingerprint, **where)
-    threads = threads_for(cfg.threads, hydra_cfg.launcher if sweeping else None)
+    record = {"config_hash": fingerprint, **where, "resumed_from": int(resume["step"]) if resume else 0}
+    run_folder.write_result(out_dir, status="running", started=started, **record)
+    threads = threads_for(cfg.threads, launcher)
     try:
-        result = train_and_save(cfg, out_dir, threads=threads, interactive=not sweeping)
+        result = train_and_save(cfg, out_dir, threads=threads, interactive=not sweeping, resume=resume)
+    except Interrupted as error:  # a second signal: leave at once, the last checkpoint as it was
+        step = error.saved_step if error.saved_step is not None else record["resumed_from"]
+        elapsed = round(time.time() - started, 3)
+        stop = {"signal": signal_name(error.signum), "resume": resume_command(out_dir), "seconds": elapsed}
+        run_folder.write_result(out_dir, status="interrupted", step=step, **stop, **record)
+        raise
     except BaseException as error:
         message = f"{type(error).__name__}: {error}"
         elapsed = round(time.time() - started, 3)
-        failure = {"error": message, "seconds": elapsed, "config_hash": fingerprint, **where}
+        failure = {"error": message, "seconds": elapsed, **record}
         run_folder.write_result(out_dir, status="failed", **failure, traceback=traceback.format_exc())
         log.error("run failed: %s", message)
         if sweeping and isinstance(error, Exception):
             return {"status": "failed", "error": message}
         raise
     elapsed = round(time.time() - started, 3)
-    run_folder.write_result(out_dir, status="ok", seconds=elapsed, config_hash=fingerprint, **where, **result)
+    signum = result.pop("stopped_by")
+    if signum is not None:
+        stop = {"signal": signal_name(signum), "resume": resume_command(out_dir)}
+        run_folder.write_result(out_dir, status="interrupted", seconds=elapsed, **stop, **record, **result)
+        log.info("stopped by %s at step %s; %s", signal_name(signum), result["step"], stop["resume"])
+        return {"status": "interrupted", **result}
+    run_folder.write_result(out_dir, status="ok", seconds=elapsed, **record, **result)
     return {"status": "ok", **result}
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """What decides a run's results: the resolved config without where and how fast it runs."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for section, key in PLACE_KEYS:
-        (container[section] if section else container).pop(key, None)  # type: ignore[index, union-attr]
-    return hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bool) -> dict[str, Any]:
-    """Train with progress on the terminal, then write the checkpoint, the figures and the summary."""
+def train_and_save(
+    cfg: DictConfig, out_dir: Path, threads: int, interactive: bool, resume: dict | None = None
+) -> dict[str, Any]:
+    """Train with progress on the terminal (checkpoints on the way), then draw the figures and the summary."""
     import torch
     from rich.console import Console
 
-    from vaecli import checkpoint
     from vaecli.train import train as train_loop
 
     torch.set_num_threads(threads)
@@ -135,21 +196,19 @@ def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bo
             console.print(f"[dim]{message}[/dim]")
 
     with TrainingProgress(console, enabled=interactive and cfg.train.progress) as progress:
-        result = train_loop(cfg, out_dir, on_progress=progress.update if progress.enabled else None, say=say)
-    checkpoint.save(
-        out_dir / run_folder.CHECKPOINT,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        model=result.model,
-        optimizer=result.optimizer,
-        step=result.steps,
-        rng={"torch": torch.get_rng_state(), "shuffle": result.shuffle_state},
-        final=result.final,
-    )
+        hook = progress.update if progress.enabled else None
+        result = train_loop(cfg, out_dir, on_progress=hook, say=say, resume=resume)
     draw_run_figures(result, out_dir, cfg)
-    if interactive:
+    if interactive and result.stopped_by is None:
         print_summary(Console(), result.final, out_dir, result.steps, result.seconds)
     log.info("wrote %s", out_dir)
-    return {"steps": result.steps, "train_seconds": round(result.seconds, 3), "final": result.final}
+    return {
+        "step": result.steps,
+        "steps": result.total,
+        "train_seconds": round(result.seconds, 3),
+        "final": result.final,
+        "stopped_by": result.stopped_by,
+    }
 
 
 class TrainingProgress:
