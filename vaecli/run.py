@@ -17,7 +17,7 @@ import shlex
 import signal
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,39 +148,35 @@ def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> d
     where = {"slurm_job_id": slurm_job_id(), "host": os.uname().nodename, "pid": os.getpid()}
     record = {"config_hash": fingerprint, **where, "resumed_from": int(resume["step"]) if resume else 0}
     run_folder.write_result(out_dir, status="running", started=started, **record)
-    threads = threads_for(cfg.threads, launcher)
+
+    def write(status: str, **fields: Any) -> None:
+        run_folder.write_result(out_dir, status=status, seconds=round(time.time() - started, 3), **record, **fields)
+
     try:
-        result = train_and_save(cfg, out_dir, threads=threads, interactive=not sweeping, resume=resume)
-    except Interrupted as error:  # a second signal: leave at once, the last checkpoint as it was
-        step = error.saved_step if error.saved_step is not None else record["resumed_from"]
-        elapsed = round(time.time() - started, 3)
-        stop = {"signal": signal_name(error.signum), "resume": resume_command(out_dir), "seconds": elapsed}
-        run_folder.write_result(out_dir, status="interrupted", step=step, **stop, **record)
+        result = train_and_save(cfg, out_dir, threads_for(cfg.threads, launcher), not sweeping, resume, write)
+    except Interrupted as error:  # a second Ctrl-C: leave at once, the last checkpoint as it was
+        if (run_folder.read_result(out_dir) or {}).get("status") != "interrupted":  # not yet recorded
+            step = error.saved_step if error.saved_step is not None else record["resumed_from"]
+            write("interrupted", step=step, signal=signal_name(error.signum), resume=resume_command(out_dir))
         raise
     except BaseException as error:
         message = f"{type(error).__name__}: {error}"
-        elapsed = round(time.time() - started, 3)
-        failure = {"error": message, "seconds": elapsed, **record}
-        run_folder.write_result(out_dir, status="failed", **failure, traceback=traceback.format_exc())
+        write("failed", error=message, traceback=traceback.format_exc())
         log.error("run failed: %s", message)
         if sweeping and isinstance(error, Exception):
             return {"status": "failed", "error": message}
         raise
-    elapsed = round(time.time() - started, 3)
-    signum = result.pop("stopped_by")
-    if signum is not None:
-        stop = {"signal": signal_name(signum), "resume": resume_command(out_dir)}
-        run_folder.write_result(out_dir, status="interrupted", seconds=elapsed, **stop, **record, **result)
-        log.info("stopped by %s at step %s; %s", signal_name(signum), result["step"], stop["resume"])
-        return {"status": "interrupted", **result}
-    run_folder.write_result(out_dir, status="ok", seconds=elapsed, **record, **result)
-    return {"status": "ok", **result}
+    return result
 
 
 def train_and_save(
-    cfg: DictConfig, out_dir: Path, threads: int, interactive: bool, resume: dict | None = None
+    cfg: DictConfig, out_dir: Path, threads: int, interactive: bool, resume: dict | None, write: Callable[..., None]
 ) -> dict[str, Any]:
-    """Train with progress on the terminal (checkpoints on the way), then draw the figures and the summary."""
+    """Train with progress on the terminal (checkpoints on the way), record the outcome, draw the figures.
+
+    A stopped run records "interrupted" before drawing, so a launcher that kills it soon after
+    (submitit's local controller gives a task one second) still leaves an honest result.json.
+    """
     import torch
     from rich.console import Console
 
@@ -198,17 +194,19 @@ def train_and_save(
     with TrainingProgress(console, enabled=interactive and cfg.train.progress) as progress:
         hook = progress.update if progress.enabled else None
         result = train_loop(cfg, out_dir, on_progress=hook, say=say, resume=resume)
+    outcome = {"step": result.steps, "steps": result.total, "train_seconds": round(result.seconds, 3)}
+    if result.stopped_by is not None:
+        name, command = signal_name(result.stopped_by), resume_command(out_dir)
+        write("interrupted", **outcome, signal=name, resume=command, final=result.final)
+        log.info("stopped by %s at step %s; %s", name, result.steps, command)
+        draw_run_figures(result, out_dir, cfg)
+        return {"status": "interrupted", **outcome}
     draw_run_figures(result, out_dir, cfg)
-    if interactive and result.stopped_by is None:
+    if interactive:
         print_summary(Console(), result.final, out_dir, result.steps, result.seconds)
+    write("ok", **outcome, final=result.final)
     log.info("wrote %s", out_dir)
-    return {
-        "step": result.steps,
-        "steps": result.total,
-        "train_seconds": round(result.seconds, 3),
-        "final": result.final,
-        "stopped_by": result.stopped_by,
-    }
+    return {"status": "ok", **outcome, "final": result.final}
 
 
 class TrainingProgress:

@@ -1,10 +1,16 @@
-"""Stopping on request: the first SIGINT or SIGTERM asks for a stop at the next step, a second stops at once.
+"""Stopping on request: the first SIGINT or SIGTERM asks for a stop after the current step; a second Ctrl-C quits.
 
 One process-wide :data:`STOP` holds the request, because signals are process-wide too. A run
 polls it after every training step (one attribute read); a sweep's members also poll a stop
 file in the sweep folder, so the `vae sweep` process can stop members it cannot signal itself
 (joblib workers, submitit tasks). Exit codes follow the shell's convention: 128 + the signal's
 number (130 for SIGINT, 143 for SIGTERM).
+
+Only a second SIGINT (a person pressing Ctrl-C again) quits at once, and only when it comes at
+least REPEAT_SECONDS after the first: a terminal signals a whole process tree, and launchers
+forward what they get (submitit's local controller, srun), so one Ctrl-C or one ``scancel`` can
+reach a member twice within milliseconds. Repeated SIGTERMs ask for the same stop again; a
+scheduler's escalation after SIGTERM is SIGKILL, which the last periodic checkpoint survives.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_SECONDS = 1.0  # how often a member looks for the sweep's stop file
+REPEAT_SECONDS = 0.5  # a SIGINT sooner than this after the first is the same request delivered twice
 
 
 class Interrupted(KeyboardInterrupt):
@@ -45,13 +52,15 @@ class StopRequests:
         self.on_request: Callable[[int], None] | None = None
         self._depth = 0
         self._next_poll = 0.0
+        self._since = 0.0  # time.monotonic() of the first request
 
     def handle(self, signum: int, frame: object = None) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum, self._since = signum, time.monotonic()
+            if self.on_request is not None:
+                self.on_request(signum)
+        elif signum == signal.SIGINT and time.monotonic() - self._since >= REPEAT_SECONDS:
             raise Interrupted(signum)
-        self.signum = signum
-        if self.on_request is not None:
-            self.on_request(signum)
 
     def requested(self, now: float | None = None) -> bool:
         """True once a signal came (or the sweep's stop file appeared: polled at most once a second)."""
@@ -67,7 +76,7 @@ class StopRequests:
             name = self.stop_file.read_text().strip()
         except OSError:
             return False
-        self.signum = getattr(signal, name, signal.SIGTERM)
+        self.signum, self._since = getattr(signal, name, signal.SIGTERM), time.monotonic()
         return True
 
     @contextmanager

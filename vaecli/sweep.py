@@ -8,6 +8,7 @@ submitit and a sweep folder copied back from a cluster, and never depends on Hyd
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import threading
 import time
@@ -20,8 +21,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vaecli import run_folder
-from vaecli.errors import UsageError, first_line
+from vaecli.errors import Stopped, UsageError, first_line
 from vaecli.hydra_bridge import compose, expand_sweep, has_key, override_key, quote_value, run_hydra
+from vaecli.signals import STOP, Interrupted, exit_code, signal_name
 
 SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
 
@@ -102,8 +104,6 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
         hydra_part.append(f"{exclude_key}=[{','.join(excluded)}]")
     sweep_dir = Path(composed.hydra.sweep.dir)
     arguments = ["--multirun", *task, *hydra_part]
-    if not has_key(hydra_part, "hydra.sweep.dir"):
-        arguments.append(f"hydra.sweep.dir={quote_value(str(sweep_dir))}")
     return SweepPlan(task, hydra_part, members, sweep_dir, launcher, configs, arguments)
 
 
@@ -124,26 +124,47 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         return report(folder, console)
 
     sweep_plan = plan(overrides, grid)
+    preflight(sweep_plan.configs)
+    if not has_key(sweep_plan.hydra_overrides, "hydra.sweep.dir"):  # a new sweep: a folder of its own
+        sweep_plan.sweep_dir = run_folder.claim_fresh(sweep_plan.sweep_dir, whole=True)
+        sweep_plan.arguments.append(f"hydra.sweep.dir={quote_value(str(sweep_plan.sweep_dir))}")
     console.print(
         f"sweep of {len(sweep_plan.members)} members through the {sweep_plan.launcher} launcher into "
         f"[bold]{sweep_plan.sweep_dir}[/bold]"
     )
-    preflight(sweep_plan.configs)
     write_plan(sweep_plan)
+    stop_file = sweep_plan.sweep_dir / run_folder.STOP_FILE
+    stop_file.unlink(missing_ok=True)  # left by an earlier, stopped run of this sweep
+
+    def stop_members(signum: int) -> None:
+        stop_file.write_text(signal_name(signum) + "\n")
+        console.print(f"[yellow]{signal_name(signum)}: members save a checkpoint and stop; again to quit at once[/]")
+
     launch_error = None
-    with Monitor(sweep_plan.sweep_dir, len(sweep_plan.members), console):
+    with STOP.installed(on_request=stop_members), Monitor(sweep_plan.sweep_dir, len(sweep_plan.members), console):
         try:
             run_hydra(task, sweep_plan.arguments)
-        except KeyboardInterrupt:
-            launch_error = "interrupted"
+        except Interrupted as error:  # a second signal: no report, members keep their last checkpoints
+            launch_error = error
         except Exception as error:  # a launcher that gave up (e.g. a job the scheduler killed)
             launch_error = f"{type(error).__name__}: {first_line(error)}"
+        signum = STOP.signum
+    if isinstance(launch_error, Interrupted):
+        again = f"`vae sweep --report {sweep_plan.sweep_dir}` aggregates it"
+        raise Stopped(f"sweep {sweep_plan.sweep_dir} quit at once; {again}", exit_code(launch_error.signum))
     if launch_error:
         console.print(f"[yellow]the launcher reported: {launch_error}[/yellow]")
-        if sweep_plan.launcher.startswith("submitit_slurm"):
+        if sweep_plan.launcher.startswith("submitit_slurm") and signum is None:
             console.print("waiting for the sweep's other SLURM jobs to finish ...")
             wait_for_scheduler(sweep_plan.sweep_dir)
-    return report(sweep_plan.sweep_dir, console)
+    code = report(sweep_plan.sweep_dir, console)
+    if signum is not None:
+        again = [item for item in overrides if override_key(item) != "hydra.sweep.dir"]
+        again.append(f"hydra.sweep.dir={sweep_plan.sweep_dir}")
+        command = shlex.join(["vae", "sweep", *again])
+        message = f"sweep {sweep_plan.sweep_dir} interrupted by {signal_name(signum)}; continue it with: {command}"
+        raise Stopped(message, exit_code(signum))
+    return code
 
 
 def write_plan(sweep_plan: SweepPlan) -> None:
@@ -169,18 +190,21 @@ class Monitor:
             TextColumn("[bold]sweep"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[running]} running"),
+            TextColumn(
+                "{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[interrupted]} interrupted, "
+                "{task.fields[running]} running"
+            ),
             TimeRemainingColumn(),
             console=console,
             redirect_stderr=False,
             redirect_stdout=False,
         )
-        self.task_id = self.progress.add_task("members", total=total, ok=0, failed=0, running=0)
+        self.task_id = self.progress.add_task("members", total=total, ok=0, failed=0, interrupted=0, running=0)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def counts(self) -> dict[str, int]:
-        counts = {"ok": 0, "failed": 0, "running": 0}
+        counts = {"ok": 0, "failed": 0, "interrupted": 0, "running": 0}
         for result in self.sweep_dir.rglob(run_folder.RESULT_JSON):
             try:
                 status = json.loads(result.read_text()).get("status")
@@ -196,7 +220,8 @@ class Monitor:
 
     def refresh(self) -> None:
         counts = self.counts()
-        self.progress.update(self.task_id, completed=counts["ok"] + counts["failed"], **counts)
+        done = counts["ok"] + counts["failed"] + counts["interrupted"]
+        self.progress.update(self.task_id, completed=done, **counts)
 
     def __enter__(self) -> Monitor:
         self.progress.start()

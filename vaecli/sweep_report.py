@@ -1,7 +1,8 @@
 """Turn a sweep folder into sweep.csv, comparison figures and a table, whatever state its members are in.
 
-A member's status comes from its own result.json; one that never wrote "ok" or "failed"
-(killed, cancelled, never started) is failed, with the scheduler's state when SLURM ran it.
+A member's status comes from its own result.json: "ok", "failed", or "interrupted" (stopped by a
+signal with a checkpoint; rerunning the sweep continues it) with the step it reached. One that
+never wrote any of them (killed, never started) is failed, with the scheduler's state when SLURM ran it.
 Typed values come from each member's .hydra/config.yaml, never from override strings.
 """
 
@@ -21,6 +22,7 @@ from vaecli.run_folder import member_dirs, read_result
 
 FINAL_COLUMNS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
 PREFERRED_AXES = ("latent_size", "beta")
+ROW_STYLES = {"failed": "red", "interrupted": "yellow"}
 TABLE_COLUMNS = {"-ELBO": "test_neg_elbo_nats", "recon": "test_recon_nats", "KL": "test_kl_nats", "seconds": "seconds"}
 
 
@@ -56,9 +58,10 @@ def scheduler_state(job_id: str | None) -> str | None:
 def member_status(member: Path) -> dict[str, object]:
     result = read_result(member) or {}
     status = result.get("status")
-    if status in ("ok", "failed"):
+    if status in ("ok", "failed", "interrupted"):
         return {
             "status": status,
+            "step": result.get("step"),
             "error": result.get("error", ""),
             "seconds": result.get("seconds"),
             "slurm_job_id": result.get("slurm_job_id"),
@@ -71,7 +74,7 @@ def member_status(member: Path) -> dict[str, object]:
         error = "the run stopped without a result (killed, or the machine went away)"
     else:
         error = "the run never started"
-    return {"status": "failed", "error": error, "seconds": None, "slurm_job_id": job_id}
+    return {"status": "failed", "step": None, "error": error, "seconds": None, "slurm_job_id": job_id}
 
 
 def final_metrics(metrics: pd.DataFrame) -> dict[str, float]:
@@ -163,20 +166,36 @@ def report(folder: Path, console) -> int:
     varying = [key for key in swept if key in table and table[key].nunique(dropna=False) > 1] or swept
     for _, row in shown.iterrows():
         label = " ".join(f"{key}={row.get(key)}" for key in varying) if row.get("member") else row.get("overrides")
-        cells = [str(label), str(row.get("status", ""))]
+        cells = [str(label), status_text(row)]
         for column in TABLE_COLUMNS.values():
             value = row.get(column)
             cells.append("" if value is None or pd.isna(value) else f"{float(value):.2f}")
-        out.add_row(*cells, style="red" if row.get("status") != "ok" else None)
+        out.add_row(*cells, style=ROW_STYLES.get(str(row.get("status"))))
     Console().print(out)
     console.print(f"wrote {folder / run_folder.SWEEP_CSV}, {folder / run_folder.LONG_CSV} and {len(figures)} figures")
-    failed = table[table.status != "ok"] if "status" in table else table.iloc[0:0]
+    unfinished = table[table.status != "ok"] if "status" in table else table.iloc[0:0]
+    failed = unfinished[unfinished.status == "failed"]
     if len(failed):
         console.print(f"[red]{len(failed)} of {len(table)} members failed:[/red]")
         for _, row in failed.iterrows():
             console.print(f"  {row['overrides']}: {row['error']}")
-        return 1
-    return 0
+    stopped = unfinished[unfinished.status == "interrupted"]
+    if len(stopped):
+        console.print(
+            f"[yellow]{len(stopped)} of {len(table)} members interrupted[/yellow] (running the sweep again "
+            "into this folder continues them from their checkpoints):"
+        )
+        for _, row in stopped.iterrows():
+            console.print(f"  {row['overrides']}: {status_text(row)}")
+    return 1 if len(unfinished) else 0
+
+
+def status_text(row: pd.Series) -> str:
+    """A member's status for the table: ``interrupted at step 512`` names where it stopped."""
+    status, step = str(row.get("status", "")), row.get("step")
+    if status == "interrupted" and step is not None and not pd.isna(step):
+        return f"interrupted at step {int(step)}"
+    return status
 
 
 def draw_all(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: list[str]) -> list[Path]:
