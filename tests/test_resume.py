@@ -216,3 +216,12 @@ def test_claiming_is_atomic_among_processes(tmp_path):
     ]
     claimed = [process.communicate(timeout=120)[0].strip() for process in processes]
     assert len(set(claimed)) == 8 and all(os.path.isdir(Path(path) / ".hydra") for path in claimed)
+
+
+def test_checkpoint_interval_is_checked():
+    from vaecli.errors import UsageError
+    from vaecli.hydra_bridge import compose
+
+    assert compose([]).train.checkpoint_every is None  # automatic: about every minute of training
+    with pytest.raises(UsageError, match="train.checkpoint_every=-1 is not allowed"):
+        compose(["train.checkpoint_every=-1"])

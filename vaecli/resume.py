@@ -75,6 +75,9 @@ def prepare(target: str, overrides: Sequence[str]) -> tuple[Path, list[str], Dic
     """
     from vaecli.train import total_steps
 
+    folder = Path(target).expanduser()
+    if folder.is_dir() and run_folder.holds_run(folder) and not (folder / run_folder.CHECKPOINT).is_file():
+        raise UsageError(f"{folder} holds no checkpoint: the run stopped before its first one; start it anew")
     file = checkpoint.resolve(target)
     run_dir = file.parent
     if file.name != run_folder.CHECKPOINT or not (run_dir / run_folder.OVERRIDES_YAML).is_file():

@@ -29,7 +29,7 @@ from vaecli import run_folder
 from vaecli.errors import RunError, Stopped, VaeError, first_line
 from vaecli.hydra_bridge import compose, has_key, print_config, quote_value, run_hydra
 from vaecli.resume import config_hash
-from vaecli.runtime import pick_device, slurm_job_id, threads_for
+from vaecli.runtime import pick_device, preemption_signal, slurm_job_id, threads_for
 from vaecli.signals import STOP, Interrupted, exit_code, signal_name
 
 log = logging.getLogger("vaecli")
@@ -55,7 +55,7 @@ def train(
     with STOP.installed():
         try:
             return start(overrides, resume)
-        except Interrupted as error:  # a second signal before training began
+        except Interrupted as error:  # a second Ctrl-C before training began
             raise Stopped(f"{signal_name(error.signum)} before training began", exit_code(error.signum)) from None
 
 
@@ -66,6 +66,9 @@ def start(overrides: Sequence[str], resume: str | None) -> Path:
     else:
         composed = compose(overrides, with_hydra=True)
         preflight([composed])
+    if STOP.signum is not None:  # during the data check: no folder yet, nothing to continue
+        raise Stopped(f"{signal_name(STOP.signum)} before training began", exit_code(STOP.signum))
+    if resume is None:
         run_dir, arguments = claim_folder(composed, overrides)
     try:
         run_hydra(task, arguments)
@@ -128,8 +131,11 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(hydra_cfg.runtime.output_dir) if hydra_cfg else Path.cwd()
     sweeping = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
     stop_file = Path(hydra_cfg.sweep.dir) / run_folder.STOP_FILE if sweeping else None
-    with STOP.installed(stop_file=stop_file):
-        return run_task(cfg, out_dir, hydra_cfg.launcher if sweeping else None, sweeping)
+    with STOP.installed(stop_file=stop_file, hand_over=preemption_signal()):
+        outcome = run_task(cfg, out_dir, hydra_cfg.launcher if sweeping else None, sweeping)
+        if outcome.get("status") == "interrupted":
+            STOP.hand_over()  # submitit's time-limit/preemption signal came: it requeues the job, which continues
+        return outcome
 
 
 def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> dict[str, Any]:

@@ -11,6 +11,11 @@ least REPEAT_SECONDS after the first: a terminal signals a whole process tree, a
 forward what they get (submitit's local controller, srun), so one Ctrl-C or one ``scancel`` can
 reach a member twice within milliseconds. Repeated SIGTERMs ask for the same stop again; a
 scheduler's escalation after SIGTERM is SIGKILL, which the last periodic checkpoint survives.
+
+Inside a submitit job, submitit's preemption signal (USR2 by default, sent before a SLURM time
+limit) is handed over: it stops the run like SIGTERM, and once the run has saved its checkpoint
+and recorded "interrupted", :meth:`StopRequests.hand_over` calls submitit's own handler, which
+requeues the job; the requeued member continues from the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_SECONDS = 1.0  # how often a member looks for the sweep's stop file
@@ -53,8 +59,12 @@ class StopRequests:
         self._depth = 0
         self._next_poll = 0.0
         self._since = 0.0  # time.monotonic() of the first request
+        self._handed: dict[int, Any] = {}  # a signal to pass on once the run has stopped, and its earlier handler
+        self.hand_over_due = False
 
     def handle(self, signum: int, frame: object = None) -> None:
+        if signum in self._handed:
+            self.hand_over_due = True
         if self.signum is None:
             self.signum, self._since = signum, time.monotonic()
             if self.on_request is not None:
@@ -79,11 +89,24 @@ class StopRequests:
         self.signum, self._since = getattr(signal, name, signal.SIGTERM), time.monotonic()
         return True
 
+    def hand_over(self) -> None:
+        """Call the earlier handler of a handed-over signal that came (submitit: requeue the job and exit)."""
+        if not self.hand_over_due:
+            return
+        self.hand_over_due = False
+        for number, handler in self._handed.items():
+            signal.signal(number, handler)
+            if callable(handler):
+                handler(number, None)
+
     @contextmanager
     def installed(
-        self, stop_file: Path | None = None, on_request: Callable[[int], None] | None = None
+        self,
+        stop_file: Path | None = None,
+        on_request: Callable[[int], None] | None = None,
+        hand_over: int | None = None,
     ) -> Iterator[StopRequests]:
-        """Handle SIGINT and SIGTERM inside the block; the outermost block starts with no request.
+        """Handle SIGINT and SIGTERM (and ``hand_over``) inside the block; the outermost block starts afresh.
 
         Nested blocks (a sweep member running inside the `vae sweep` process) share the request.
         """
@@ -91,11 +114,13 @@ class StopRequests:
         saved = (self.stop_file, self.on_request)
         previous = {}
         if outermost:
-            self.signum, self._next_poll = None, 0.0
+            self.signum, self._next_poll, self.hand_over_due = None, 0.0, False
+            numbers = (*SIGNALS, hand_over) if hand_over is not None else SIGNALS
             try:
-                previous = {number: signal.signal(number, self.handle) for number in SIGNALS}
+                previous = {number: signal.signal(number, self.handle) for number in numbers}
             except ValueError:  # not the main thread: only the stop file can stop this run
                 previous = {}
+            self._handed = {hand_over: previous[hand_over]} if hand_over in previous else {}
         self.stop_file = stop_file or self.stop_file
         self.on_request = on_request or self.on_request
         self._depth += 1
@@ -106,6 +131,8 @@ class StopRequests:
             self.stop_file, self.on_request = saved
             for number, handler in previous.items():
                 signal.signal(number, handler)
+            if outermost:
+                self._handed = {}
 
 
 STOP = StopRequests()

@@ -3,6 +3,10 @@
 Every member is an ordinary run of :func:`vaecli.run.task` in its own folder. Members record their
 own status (result.json), so aggregation works the same for the basic launcher, joblib,
 submitit and a sweep folder copied back from a cluster, and never depends on Hydra callbacks.
+
+SIGINT/SIGTERM to `vae sweep` writes the sweep's stop file: running members (in this process or
+in workers and jobs it cannot signal) save a checkpoint and record "interrupted", members not yet
+started do not start, and running the same command again continues them.
 """
 
 from __future__ import annotations
