@@ -6,6 +6,7 @@ type-check but make no sense (a negative beta, an empty batch), each with a one-
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,9 @@ class ConfigValueError(UsageError):
 
 def check_values(cfg: Any) -> None:
     """Raise :class:`ConfigValueError` naming the first key whose value is impossible."""
+    for key, value in float_settings(cfg):
+        if not math.isfinite(value):
+            raise ConfigValueError(f"{key}={value} is not allowed: {key} must be a finite number")
     rules: list[tuple[str, bool, str]] = [
         ("beta", cfg.beta >= 0, "must be >= 0 (0 gives a plain autoencoder)"),
         ("latent_size", cfg.latent_size >= 1, "must be a whole number >= 1"),
@@ -111,6 +115,23 @@ def check_values(cfg: Any) -> None:
         if not ok:
             value = _select(cfg, key)
             raise ConfigValueError(f"{key}={value} is not allowed: {key} {rule}")
+
+
+def float_settings(node: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """Every float in the run's config (``hydra.*`` aside), keys dotted: ``train.lr``, ``+foo=...`` too."""
+    from omegaconf import DictConfig, ListConfig
+
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node)
+    found: list[tuple[str, float]] = []
+    for name, value in items:
+        key = f"{prefix}[{name}]" if isinstance(node, ListConfig) else f"{prefix}{'.' if prefix else ''}{name}"
+        if key == "hydra":
+            continue
+        if isinstance(value, DictConfig | ListConfig):
+            found += float_settings(value, key)
+        elif isinstance(value, float):
+            found.append((key, value))
+    return found
 
 
 def _select(cfg: Any, key: str) -> Any:
