@@ -6,6 +6,8 @@ on any device: tensors are saved on the CPU and loaded onto the CPU first.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +15,13 @@ from typing import Any
 import torch
 
 from vaecli.atomic import atomic_write
-from vaecli.errors import UsageError, first_line
+from vaecli.errors import RunError, UsageError, first_line
 from vaecli.model import VAE, build_model
 from vaecli.run_folder import CHECKPOINT
 from vaecli.runtime import pick_device
 
 FORMAT = "vaecli-checkpoint"
-VERSION = 1
+VERSION = 1  # the newest format this vaecli writes and reads; older ones it reads too
 
 
 class CheckpointError(UsageError):
@@ -29,6 +31,28 @@ class CheckpointError(UsageError):
 def atomic_save(payload: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and a rename: never a half-written checkpoint."""
     atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """A 0-dim bool tensor on the tensors' device: no NaN or inf in any of them.
+
+    One fused max-abs per tensor (``torch._foreach_norm`` with ord=inf: NaN and inf propagate,
+    and unlike a 2-norm it cannot overflow on large finite values); no copy to the host, so a
+    training loop can keep the answer on the device and read it only when it checks.
+    """
+    tensors = [tensor.detach() for tensor in tensors if tensor.is_floating_point() and tensor.numel()]
+    if not tensors:
+        return torch.tensor(True)
+    return torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all()
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point tensor in the model's state is finite (call before saving it)."""
+    return bool(all_finite(model.state_dict().values()))
+
+
+class NonFiniteWeights(RunError):
+    """Weights with NaN or inf are never written over a checkpoint: the last good one is kept."""
 
 
 def to_cpu(state: Any) -> Any:
@@ -51,6 +75,8 @@ def save(
     rng: dict[str, torch.Tensor],
     final: dict | None = None,
 ) -> None:
+    if not weights_are_finite(model):
+        raise NonFiniteWeights(f"not writing {path}: the weights hold NaN or inf (the last good checkpoint is kept)")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -89,7 +115,20 @@ def load(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a vaecli checkpoint; pass the checkpoint.pt that `vae train` wrote")
+    check_version(payload.get("version"), file)
     return payload
+
+
+def check_version(version: Any, file: Path) -> None:
+    """Formats 1..VERSION load; a newer one (or none) is refused naming both versions."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(
+            f"{file} has no valid checkpoint format version ({version!r}); it was not written by vaecli"
+        )
+    if version > VERSION:
+        raise CheckpointError(
+            f"{file}: checkpoint format version {version} is newer than this vaecli reads ({VERSION}): upgrade vaecli"
+        )
 
 
 @dataclass
@@ -151,10 +190,15 @@ def check_fit(model: VAE, state: Any, config: Any, file: Path) -> None:
         for key, tensor in expected.items()
         if key in state and state[key].shape != tensor.shape
     ]
-    problems += [f"{key} is not part of the model" for key in state if key not in expected]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(
             f"{file}: weights do not match the model its config describes ({describe_shape(config)}): "
             f"{problems[0]}{more}"
+        )
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise CheckpointError(
+            f"{file} has tensors the model does not: {', '.join(extra)}; "
+            "was it written by a newer vaecli or changed by hand?"
         )
