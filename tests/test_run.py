@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from tests.conftest import invoke
 from vaecli.images import grid_size
@@ -89,10 +91,57 @@ def test_a_failing_run_says_why_and_keeps_its_folder(runner, tiny, tmp_path):
     assert pd.read_csv(tmp_path / "run" / "metrics.csv").step.max() == 2
 
 
-def test_diverging_run_is_reported(runner, tiny, tmp_path):
+def test_nan_in_a_test_evaluation_is_divergence_not_a_row(runner, tiny, tmp_path):
+    """lr=1e30: step 1's loss is finite (computed before its update), the weights after it are finite
+    (about 1e30), and the test evaluation after step 1 overflows."""
     result = train(runner, tiny, tmp_path / "run", "train.lr=1e30")
     assert result.exit_code == 1
-    assert "loss became" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: training diverged at the update of step 1 (the test evaluation after it gave ")
+    assert "Traceback" not in result.stderr
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert list(metrics.split) == ["train"] and metrics.neg_elbo_nats.notna().all()  # no non-finite row written
+    status = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert status["status"] == "failed" and "training diverged at the update of step 1" in status["error"]
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_divergence_names_the_update_after_which_the_forward_pass_overflows(runner, tiny, tmp_path):
+    """lr=1e5: the update of step 1 leaves finite weights too large for step 2's forward pass."""
+    finite_after: list[bool] = []
+    hook = register_optimizer_step_post_hook(
+        lambda optimizer, args, kwargs: finite_after.append(
+            all(bool(w.isfinite().all()) for group in optimizer.param_groups for w in group["params"])
+        )
+    )
+    try:
+        result = train(runner, tiny, tmp_path / "run", "train.lr=1e5", "train.eval_every=0")
+    finally:
+        hook.remove()
+    assert result.exit_code == 1
+    assert "training diverged at the update of step 1 (the forward pass of step 2 gave NaN or inf)" in result.stderr
+    assert finite_after[0]  # the weights were finite after step 1: the loss, not the weights, went first
+
+
+def test_divergence_names_the_update_that_broke_the_weights(runner, tiny, tmp_path):
+    """A NaN put into one weight by the update of step 37 (torch's own optimizer hook), in a run
+    that reads its loss only every 3 steps: the message names 37, not the next step it checks."""
+    calls = []
+
+    def poison(optimizer, args, kwargs):
+        calls.append(1)
+        if len(calls) == 37:
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][2][0, 0] = float("nan")
+
+    hook = register_optimizer_step_post_hook(poison)
+    try:
+        result = train(runner, tiny, tmp_path / "run", "train.steps=300", "train.eval_every=0")
+    finally:
+        hook.remove()
+    assert result.exit_code == 1, result.output
+    assert "training diverged at the update of step 37 (the forward pass of step 38 gave NaN or inf)" in result.stderr
+    assert 37 not in log_steps(300) and 37 % 3 and 38 % 3  # no scheduled check at 37 or 38
 
 
 @pytest.mark.slow

@@ -43,7 +43,41 @@ TIMING_COLUMNS = ("images_per_s", "seconds")
 
 
 class TrainingDiverged(RunError):
-    """The loss became NaN or infinite; the message says at which step."""
+    """The loss became NaN or infinite; the message names the update that broke the model."""
+
+
+class DivergenceWatch:
+    """Finds the update that broke the model, exactly, without a host sync per step.
+
+    The loss is computed only at scheduled steps, so when it shows NaN the update that broke the
+    model may lie many steps back. NaN or inf in any weight reaches the next forward pass (NaN * 0
+    is NaN, and ReLU keeps NaN), and so do finite weights too large to use; so after every update
+    this adds up the logits and the KL term (computed anyway) and notes on the device the first step
+    whose forward pass gave NaN or inf: the update before it broke the model. A few scalar kernels
+    per step and no copy to the host, so a GPU never waits (benchmarks/divergence_watch.py); the
+    loop reads the note only where it reads the loss anyway.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
+
+    def observe(self, step: int, logits: torch.Tensor, kl_term: torch.Tensor) -> None:
+        broken = logits.detach().sum().add_(kl_term).isfinite().logical_not_()
+        self.first.masked_fill_(self.first.eq(0).logical_and_(broken), step)
+
+    def check(self, step: int, loss: float) -> None:
+        """Raise :class:`TrainingDiverged` naming the update that broke the model, if one did."""
+        first = int(self.first)
+        if first:
+            raise TrainingDiverged(diverged(first - 1, f"the forward pass of step {first} gave NaN or inf"))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss} at step {step}; try a smaller train.lr")
+
+
+def diverged(update: int, symptom: str) -> str:
+    """The divergence message: which update broke the weights, and how that showed."""
+    culprit = f"at the update of step {update}" if update else "before the first update"
+    return f"training diverged {culprit} ({symptom}): the weights became NaN, inf or too large; try a smaller train.lr"
 
 
 def log_steps(total: int) -> list[int]:
@@ -127,6 +161,7 @@ def train(
 
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(model, cfg.train.lr, device)
+    watch = DivergenceWatch(device)
     shuffler = torch.Generator().manual_seed(cfg.seed)
     batches = Batches(train_images, cfg.train.batch_size, cfg.train.shuffle, shuffler)
     steps = total_steps(cfg, len(train_images))
@@ -145,8 +180,9 @@ def train(
             x = batches.batch(step)
             q, _, p = model(x)
             optimizer.zero_grad(set_to_none=True)
-            backward_beta_elbo(q, p.logits, x, beta)
+            kl_term = backward_beta_elbo(q, p.logits, x, beta)
             optimizer.step()
+            watch.observe(step, p.logits, kl_term)
 
             if step == fail_at_step:
                 raise RuntimeError(f"failing at step {step} as asked by fail_at_step")
@@ -154,8 +190,7 @@ def train(
                 with torch.no_grad():
                     terms = elbo_terms(q, p.logits, x, beta)
                 loss = float(terms.loss)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"loss became {loss} at step {step}; try a smaller train.lr")
+                watch.check(step, loss)
                 now = time.perf_counter()
                 if step in logged:
                     row = {
@@ -196,8 +231,11 @@ def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split
 def test_row(
     model: VAE, images: torch.Tensor, beta: float, seed: int, step: int, epoch: float, started: float
 ) -> dict[str, Any]:
-    """A metrics row for the whole test split, in eval mode."""
+    """A metrics row for the whole test split, in eval mode; NaN or inf is divergence, never a row."""
     model.eval()
     row = {"step": step, "epoch": round(epoch, 4), "split": "test", **evaluate(model, images, beta, seed)}
     model.train()
+    broken = next((key for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)), None)
+    if broken is not None:
+        raise TrainingDiverged(diverged(step, f"the test evaluation after it gave {broken}={row[broken]}"))
     return {**row, "images_per_s": "", "seconds": round(time.perf_counter() - started, 4)}
