@@ -46,6 +46,7 @@ def test_metrics_schema_and_logged_steps(trained_run):
     metrics = pd.read_csv(trained_run / "metrics.csv")
     assert list(metrics.columns) == METRIC_COLUMNS
     train_rows, test_rows = metrics[metrics.split == "train"], metrics[metrics.split == "test"]
+    assert metrics.held_out.dtype == bool and test_rows.held_out.all() and not train_rows.held_out.any()
     assert list(train_rows.step) == [1, 2, 4, 8, 16, 32, 40]
     assert list(test_rows.step) == [1, 4, 16, 40]
     assert (metrics.neg_elbo_nats - metrics.recon_nats - metrics.kl_nats).abs().max() < 1e-3
@@ -80,6 +81,13 @@ def test_epochs_seed_order_and_all_images(runner, tiny, tmp_path):
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     # 512 training + 256 test images in batches of 32 = 24 steps per epoch
     assert metrics.step.max() == 48 and metrics.epoch.max() == pytest.approx(2.0)
+    # its "test" rows are on images it trained on: said on the terminal, in train.log, the CSV and the table
+    assert "warning: data.train_on=all trains on the test images" in result.stderr
+    assert "WARNING] data.train_on=all trains on the test images too" in (tmp_path / "run" / "train.log").read_text()
+    assert not metrics.held_out.any() and len(metrics[metrics.split == "test"]) > 0
+    shown = " ".join(result.stdout.split())  # the table's title wraps at its width
+    assert "test* = images it trained on (data.train_on=all): not held out" in shown
+    assert "│ test* │" in shown.split("not held out", 1)[1]
 
 
 def test_a_failing_run_says_why_and_keeps_its_folder(runner, tiny, tmp_path):

@@ -23,6 +23,17 @@ DATA_ROOT_ENV = "VAECLI_DATA"
 DEFAULT_DATA_ROOT = "~/.cache/vaecli"
 
 
+NOT_HELD_OUT = (
+    "data.train_on=all trains on the test images too: the test rows are not held-out figures "
+    "(held_out=false in metrics.csv and sweep.csv)"
+)
+
+
+def test_held_out(cfg: Any) -> bool:
+    """Whether the test split is unseen in training (``data.train_on=all`` trains on it too)."""
+    return cfg.data.train_on != "all"
+
+
 def default_root() -> Path:
     """The data root a config gets when none is given: ``$VAECLI_DATA`` or ``~/.cache/vaecli``."""
     return Path(os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)).expanduser()

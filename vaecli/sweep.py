@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vaecli import run_folder
+from vaecli.config import NOT_HELD_OUT, test_held_out
 from vaecli.errors import UsageError, first_line
 from vaecli.hydra_bridge import compose, expand_sweep, has_key, override_key, quote_value, run_hydra
 
@@ -128,6 +129,8 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         f"sweep of {len(sweep_plan.members)} members through the {sweep_plan.launcher} launcher into "
         f"[bold]{sweep_plan.sweep_dir}[/bold]"
     )
+    if not all(test_held_out(cfg) for cfg in sweep_plan.configs):
+        console.print(f"[yellow]warning: {NOT_HELD_OUT}[/yellow]")
     preflight(sweep_plan.configs)
     write_plan(sweep_plan)
     launch_error = None

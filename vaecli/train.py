@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from vaecli.config import test_held_out
 from vaecli.data import Batches, Split, load_split, training_set
 from vaecli.errors import RunError
 from vaecli.model import VAE, build_model
@@ -30,6 +31,7 @@ METRIC_COLUMNS = [
     "step",
     "epoch",
     "split",
+    "held_out",  # false when the model trained on these images (train rows; test rows under data.train_on=all)
     "loss",
     "reconstruction",
     "kl",
@@ -129,13 +131,15 @@ class TrainResult:
 class MetricsWriter:
     """Appends rows to metrics.csv as they come, so a failed run still shows its curve."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, test_held_out: bool = True):
         self.handle = path.open("w", newline="")
         self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS)
         self.writer.writeheader()
         self.rows: list[dict[str, Any]] = []
+        self.test_held_out = test_held_out
 
     def write(self, row: dict[str, Any]) -> None:
+        row = {**row, "held_out": row["split"] == "test" and self.test_held_out}
         self.rows.append(row)
         self.writer.writerow(row)
         self.handle.flush()
@@ -171,8 +175,7 @@ def train(
     fail_at_step = cfg.get("fail_at_step")  # testing aid (`+fail_at_step=N`): exercises failure paths
     threads = torch.get_num_threads()
     say(f"training {steps} steps on {len(train_images)} {cfg.data.name} images ({device}, {threads} threads)")
-
-    metrics = MetricsWriter(out_dir / METRICS_CSV)
+    metrics = MetricsWriter(out_dir / METRICS_CSV, test_held_out=test_held_out(cfg))
     started = time.perf_counter()
     last_time, last_step, eval_seconds = started, 0, 0.0
     try:
