@@ -99,17 +99,6 @@ def test_real_mnist_is_verified(data_root):
     assert sources.bad_files(sources.MNIST, data_root) == []
 
 
-@pytest.fixture(scope="module")
-def gz_root(tmp_path_factory, data_root):
-    """torchvision's layout before extraction: only the downloaded .gz files under <root>/MNIST/raw."""
-    root = tmp_path_factory.mktemp("gz")
-    raw = sources.MNIST.raw_dir(root)
-    raw.mkdir(parents=True)
-    for name in IDX_FILES:
-        (raw / f"{name}.gz").write_bytes(gzip.compress((sources.MNIST.raw_dir(data_root) / name).read_bytes(), 1))
-    return root
-
-
 @pytest.fixture
 def no_fetching(monkeypatch):
     """Every source that could fetch files fails loudly, as on a cluster node without network."""

@@ -1,6 +1,10 @@
 """`vae train` end to end on a small real slice: files, metrics rows, determinism, failures."""
 
 import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -9,13 +13,16 @@ import torch
 from PIL import Image
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+import vaecli
 from tests.conftest import invoke
+from vaecli.datasets import IDX_FILES, MNIST
 from vaecli.images import grid_size
 from vaecli.train import METRIC_COLUMNS, TIMING_COLUMNS, eval_steps, log_steps
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 RUN_FILES = [
     ".hydra/config.yaml",
+    "provenance.json",
     ".hydra/overrides.yaml",
     "metrics.csv",
     "loss.png",
@@ -187,3 +194,48 @@ def test_fashion_mnist_from_the_system_package(runner, tiny, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert pd.read_csv(tmp_path / "run" / "metrics.csv").neg_elbo_nats.notna().all()
+
+
+def test_provenance_of_a_real_process_from_a_gz_only_root(tiny, gz_root, tmp_path):
+    """`python -m vaecli train` on a root holding only torchvision's .gz downloads: used as they are,
+    nothing fetched, and provenance.json records versions, machine, command line and the files' MD5s."""
+    overrides = [item for item in tiny if not item.startswith("data.root=")]
+    command = ["train", *overrides, f"data.root={gz_root}", f"hydra.run.dir={tmp_path / 'run'}"]
+    done = subprocess.run([sys.executable, "-m", "vaecli", *command], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "fetching" not in done.stderr
+    assert sorted(path.name for path in MNIST.raw_dir(gz_root).iterdir()) == sorted(f"{n}.gz" for n in IDX_FILES)
+    record = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert record["command"][1:] == command and record["command"][0].endswith("__main__.py")
+    assert record["versions"] == {
+        "vaecli": vaecli.__version__,
+        "python": platform.python_version(),
+        "torch": metadata.version("torch"),
+        "torchvision": metadata.version("torchvision"),
+        "hydra": metadata.version("hydra-core"),
+    }
+    assert (record["host"], record["device"], record["threads"]) == (platform.node(), "cpu", 1)
+    files = {Path(item["path"]).name: item["md5"] for item in record["data"]["files"]}
+    assert files == {f"{name}.gz": MNIST.raw_md5[name] for name in IDX_FILES}
+    package = Path(vaecli.__file__).parent
+    head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # run from a checkout: its commit is recorded
+        assert record["git_commit"] == head.stdout.strip() and isinstance(record["git_dirty"], bool)
+
+
+def test_torchvision_processed_cache_cannot_replace_the_verified_images(runner, tiny, data_root, tmp_path):
+    """A 300-image processed/training.pt (which torchvision's MNIST class would load instead of the
+    raw files): training still reads the 60,000 verified images."""
+    raw = MNIST.raw_dir(tmp_path / "data")
+    raw.mkdir(parents=True)
+    for name in IDX_FILES:
+        (raw / name).symlink_to(MNIST.raw_dir(data_root) / name)
+    processed = tmp_path / "data" / "MNIST" / "processed"
+    processed.mkdir()
+    for name in ("training.pt", "test.pt"):
+        torch.save((torch.zeros(300, 28, 28, dtype=torch.uint8), torch.zeros(300, dtype=torch.int64)), processed / name)
+    overrides = [item for item in tiny if not item.startswith(("data.root=", "data.limit="))]
+    result = train(runner, overrides, tmp_path / "run", f"data.root={tmp_path / 'data'}")
+    assert result.exit_code == 0, result.output
+    assert "training 8 steps on 60000 mnist images" in (tmp_path / "run" / "train.log").read_text()
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv").epoch.iloc[-1] == pytest.approx(round(8 / (60000 // 32), 4))

@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import sys
+from importlib import metadata
 
 import pandas as pd
 import pytest
@@ -63,6 +65,9 @@ def test_sweep_csv_has_one_typed_row_per_member(basic_sweep):
     ):
         assert column in table and table[column].notna().all(), column
     assert table.held_out.all()  # data.train_on=train: test_* columns are on held-out images
+    for column in ("vaecli_version", "python_version", "torch_version", "torchvision_version", "hydra_version"):
+        assert table[column].notna().all() and table[column].nunique() == 1, column
+    assert table.torch_version.iloc[0] == metadata.version("torch")
     long = pd.read_csv(sweep_dir / "metrics_long.csv")
     assert set(long.member) == EXPECTED_MEMBERS and {"beta", "latent_size", "step", "split"} <= set(long.columns)
     for name in PLOTS:
@@ -83,6 +88,8 @@ def test_joblib_runs_members_in_parallel_processes(runner, tiny, tmp_path):
     assert len(pids) >= 2  # not the launching process alone
     multirun = (tmp_path / "joblib" / "multirun.yaml").read_text()
     assert "JoblibLauncher" in multirun
+    for member in EXPECTED_MEMBERS:  # a worker process records the launching command line, not its own
+        assert json.loads((tmp_path / "joblib" / member / "provenance.json").read_text())["command"] == sys.argv
 
 
 def test_members_trained_on_the_test_images_are_marked(runner, tiny, tmp_path):

@@ -22,6 +22,7 @@ RECONSTRUCTIONS_PNG = "reconstructions.png"
 TRAVERSAL_PNG = "traversal.png"
 CHECKPOINT = "checkpoint.pt"
 RESULT_JSON = "result.json"
+PROVENANCE_JSON = "provenance.json"  # versions, host, command line, commit, data files' MD5s
 
 # a sweep folder (beside its members' run folders)
 PLAN_JSON = "sweep.json"
@@ -46,6 +47,17 @@ def write_result(run_dir: Path, **fields: Any) -> None:
 def read_result(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((run_dir / RESULT_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_provenance(run_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_bytes(run_dir / PROVENANCE_JSON, (json.dumps(record, indent=2, default=str) + "\n").encode())
+
+
+def read_provenance(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / PROVENANCE_JSON).read_text())
     except (OSError, ValueError):
         return None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from vaecli import plots, run_folder
+from vaecli import plots, provenance, run_folder
 from vaecli.config import test_held_out
 from vaecli.run_folder import member_dirs, read_result
 
@@ -112,6 +112,7 @@ def aggregate(sweep_dir: Path) -> SweepReport:
             "held_out": test_held_out(config),  # false: its test_* columns are on images it trained on
         }
         row.update(member_status(member))
+        row.update(provenance.sweep_columns(member))
         metrics_path = member / run_folder.METRICS_CSV
         if metrics_path.is_file() and metrics_path.stat().st_size > 0:
             metrics = pd.read_csv(metrics_path)

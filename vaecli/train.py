@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 
+from vaecli import provenance
 from vaecli.config import test_held_out
 from vaecli.data import Batches, Split, load_split, training_set
+from vaecli.datasets import DataFile
 from vaecli.errors import RunError
 from vaecli.model import VAE, build_model
 from vaecli.objective import backward_beta_elbo, batch_metrics, elbo_terms, evaluate
@@ -160,7 +162,7 @@ def train(
     """Train one model as ``cfg`` says, writing metrics.csv into ``out_dir`` as it goes."""
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    train_images, test_split = load_data(cfg, say)
+    train_images, test_split, data_files = load_data(cfg, say)
     train_images, test_images = train_images.to(device), test_split.images.to(device)
 
     model = build_model(cfg).to(device)
@@ -175,6 +177,7 @@ def train(
     fail_at_step = cfg.get("fail_at_step")  # testing aid (`+fail_at_step=N`): exercises failure paths
     threads = torch.get_num_threads()
     say(f"training {steps} steps on {len(train_images)} {cfg.data.name} images ({device}, {threads} threads)")
+    provenance.write(out_dir, cfg, device, threads, data_files)
     metrics = MetricsWriter(out_dir / METRICS_CSV, test_held_out=test_held_out(cfg))
     started = time.perf_counter()
     last_time, last_step, eval_seconds = started, 0, 0.0
@@ -224,11 +227,12 @@ def train(
     )
 
 
-def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split]:
-    """The images to train on (the test set included when ``data.train_on=all``) and the test split."""
+def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split, tuple[DataFile, ...]]:
+    """The images to train on (the test set included when ``data.train_on=all``), the test split, the files read."""
     train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say)
     test_split = load_split(cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say)
-    return training_set(train_split, test_split, cfg.data.train_on).images, test_split
+    files = train_split.files + test_split.files
+    return training_set(train_split, test_split, cfg.data.train_on).images, test_split, files
 
 
 def test_row(
