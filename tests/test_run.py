@@ -17,7 +17,7 @@ import vaecli
 from tests.conftest import invoke
 from vaecli.datasets import IDX_FILES, MNIST
 from vaecli.images import grid_size
-from vaecli.train import METRIC_COLUMNS, TIMING_COLUMNS, eval_steps, log_steps
+from vaecli.train import METRIC_COLUMNS, TIMING_COLUMNS, DivergenceWatch, TrainingDiverged, eval_steps, log_steps
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 RUN_FILES = [
@@ -136,6 +136,21 @@ def test_divergence_names_the_update_after_which_the_forward_pass_overflows(runn
     assert result.exit_code == 1
     assert "training diverged at the update of step 1 (the forward pass of step 2 gave NaN or inf)" in result.stderr
     assert finite_after[0]  # the weights were finite after step 1: the loss, not the weights, went first
+
+
+@pytest.mark.parametrize("on_host", [True, False], ids=["host", "device note"])
+def test_divergence_watch_names_the_update_before_the_first_broken_forward_pass(on_host):
+    watch = DivergenceWatch(torch.device("cpu"), on_host=on_host)
+    kl_term, logits = torch.tensor(0.5), torch.ones(4, 784)
+    for step in range(1, 6):
+        watch.observe(step, logits, kl_term)
+    watch.check(5, 1.0)  # all finite: nothing to say
+    watch.observe(6, logits, torch.tensor(float("inf")))
+    watch.observe(7, torch.full((4, 784), float("nan")), kl_term)
+    with pytest.raises(TrainingDiverged, match=r"update of step 5 \(the forward pass of step 6 gave NaN or inf\)"):
+        watch.check(8, float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became inf at step 3"):
+        DivergenceWatch(torch.device("cpu"), on_host=on_host).check(3, float("inf"))
 
 
 def test_divergence_names_the_update_that_broke_the_weights(runner, tiny, tmp_path):

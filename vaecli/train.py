@@ -51,23 +51,27 @@ class TrainingDiverged(RunError):
 
 
 class DivergenceWatch:
-    """Finds the update that broke the model, exactly, without a host sync per step.
+    """Finds the update that broke the model, exactly, for about one reduction per step.
 
     The loss is computed only at scheduled steps, so when it shows NaN the update that broke the
     model may lie many steps back. NaN or inf in any weight reaches the next forward pass (NaN * 0
     is NaN, and ReLU keeps NaN), and so do finite weights too large to use; so after every update
-    this adds up the logits and the KL term (computed anyway) and notes on the device the first step
-    whose forward pass gave NaN or inf: the update before it broke the model. A few scalar kernels
-    per step and no copy to the host, so a GPU never waits (benchmarks/divergence_watch.py); the
-    loop reads the note only where it reads the loss anyway.
+    this adds up the logits and the KL term (computed anyway) and notes the first step whose sum is
+    NaN or inf: the update before it broke the model. On a CPU reading that sum costs nothing more;
+    on a GPU the note stays on the device (no host sync per step) and is read only where the loop
+    reads the loss anyway. Cost: benchmarks/divergence_watch.py.
     """
 
-    def __init__(self, device: torch.device):
-        self.first = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
+    def __init__(self, device: torch.device, on_host: bool | None = None):
+        self.on_host = device.type == "cpu" if on_host is None else on_host
+        self.first: Any = 0 if self.on_host else torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
 
     def observe(self, step: int, logits: torch.Tensor, kl_term: torch.Tensor) -> None:
-        broken = logits.detach().sum().add_(kl_term).isfinite().logical_not_()
-        self.first.masked_fill_(self.first.eq(0).logical_and_(broken), step)
+        total = logits.detach().sum().add_(kl_term)
+        if not self.on_host:
+            self.first.masked_fill_(self.first.eq(0).logical_and_(total.isfinite().logical_not_()), step)
+        elif not self.first and not math.isfinite(total.item()):
+            self.first = step
 
     def check(self, step: int, loss: float) -> None:
         """Raise :class:`TrainingDiverged` naming the update that broke the model, if one did."""
