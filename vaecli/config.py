@@ -6,6 +6,7 @@ type-check but make no sense (a negative beta, an empty batch), each with a one-
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,17 @@ DEFAULT_DATA_ROOT = "~/.cache/vaecli"
 # train.checkpoint_every=null saves a checkpoint after about this much training time: a hard kill
 # (SIGKILL, out of memory, a lost node) loses at most about a minute, whatever the model and device
 AUTO_CHECKPOINT_SECONDS = 60.0
+
+
+NOT_HELD_OUT = (
+    "data.train_on=all trains on the test images too: the test rows are not held-out figures "
+    "(held_out=false in metrics.csv and sweep.csv)"
+)
+
+
+def test_held_out(cfg: Any) -> bool:
+    """Whether the test split is unseen in training (``data.train_on=all`` trains on it too)."""
+    return cfg.data.train_on != "all"
 
 
 def default_root() -> Path:
@@ -80,6 +92,9 @@ class ConfigValueError(UsageError):
 
 def check_values(cfg: Any) -> None:
     """Raise :class:`ConfigValueError` naming the first key whose value is impossible."""
+    for key, value in float_settings(cfg):
+        if not math.isfinite(value):
+            raise ConfigValueError(f"{key}={value} is not allowed: {key} must be a finite number")
     rules: list[tuple[str, bool, str]] = [
         ("beta", cfg.beta >= 0, "must be >= 0 (0 gives a plain autoencoder)"),
         ("latent_size", cfg.latent_size >= 1, "must be a whole number >= 1"),
@@ -121,6 +136,23 @@ def check_values(cfg: Any) -> None:
         if not ok:
             value = _select(cfg, key)
             raise ConfigValueError(f"{key}={value} is not allowed: {key} {rule}")
+
+
+def float_settings(node: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """Every float in the run's config (``hydra.*`` aside), keys dotted: ``train.lr``, ``+foo=...`` too."""
+    from omegaconf import DictConfig, ListConfig
+
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node)
+    found: list[tuple[str, float]] = []
+    for name, value in items:
+        key = f"{prefix}[{name}]" if isinstance(node, ListConfig) else f"{prefix}{'.' if prefix else ''}{name}"
+        if key == "hydra":
+            continue
+        if isinstance(value, DictConfig | ListConfig):
+            found += float_settings(value, key)
+        elif isinstance(value, float):
+            found.append((key, value))
+    return found
 
 
 def _select(cfg: Any, key: str) -> Any:

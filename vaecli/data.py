@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from vaecli.datasets import DATASETS, ensure_dataset
+from vaecli.datasets import DATASETS, DataFile, ensure_dataset, read_idx
 
 
 @dataclass
 class Split:
     images: torch.Tensor  # float32 (n, 784) in [0, 1]
     labels: torch.Tensor  # int64 (n,)
+    files: tuple[DataFile, ...] = ()  # what it was read from, with the MD5 of the bytes parsed
 
     def __len__(self) -> int:
         return len(self.images)
@@ -31,17 +32,15 @@ def load_split(
     limit: int | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Split:
-    """One split through torchvision's dataset class, after the files are verified."""
-    import torchvision.datasets
-
+    """One split read from its verified IDX files (torchvision's layout; its processed/*.pt never)."""
     spec = DATASETS[name]
     root = ensure_dataset(spec, Path(root).expanduser(), **({"say": say} if say else {}))
-    dataset = getattr(torchvision.datasets, spec.torchvision_class)(str(root), train=train, download=False)
-    pixels, labels = dataset.data, dataset.targets
-    if limit is not None:
-        pixels, labels = pixels[:limit], labels[:limit]
-    images = pixels.reshape(len(pixels), -1).to(torch.float32).div_(255.0)
-    return Split(images=images, labels=labels.to(torch.int64))
+    prefix = "train" if train else "t10k"
+    pixels, image_file = read_idx(spec, root, f"{prefix}-images-idx3-ubyte")
+    labels, label_file = read_idx(spec, root, f"{prefix}-labels-idx1-ubyte")
+    pixels, labels = pixels[:limit], labels[:limit]  # a view: only the images kept are converted
+    images = torch.from_numpy(pixels.reshape(len(pixels), -1).astype("float32")).div_(255.0)
+    return Split(images=images, labels=torch.from_numpy(labels.astype("int64")), files=(image_file, label_file))
 
 
 def training_set(train_split: Split, test_split: Split, use: str) -> Split:
@@ -51,6 +50,7 @@ def training_set(train_split: Split, test_split: Split, use: str) -> Split:
     return Split(
         torch.cat([train_split.images, test_split.images]),
         torch.cat([train_split.labels, test_split.labels]),
+        train_split.files + test_split.files,
     )
 
 

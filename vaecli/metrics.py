@@ -15,6 +15,7 @@ METRIC_COLUMNS = [
     "step",
     "epoch",
     "split",
+    "held_out",  # false when the model trained on these images (train rows; test rows under data.train_on=all)
     "loss",
     "reconstruction",
     "kl",
@@ -33,6 +34,8 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
     for key, value in row.items():
         if key == "split" or value == "":
             typed[key] = value
+        elif key == "held_out":
+            typed[key] = value == "True"
         else:
             typed[key] = int(value) if key == "step" else float(value)
     return typed
@@ -43,10 +46,12 @@ class MetricsWriter:
 
     ``keep`` continues a stopped run: its first ``keep`` rows (those its checkpoint counted) stay,
     byte for byte, and any written after the checkpoint are dropped, so no row appears twice.
+    ``test_held_out`` is false when the model trained on the test images (``data.train_on=all``).
     """
 
-    def __init__(self, path: Path, keep: int | None = None):
+    def __init__(self, path: Path, keep: int | None = None, test_held_out: bool = True):
         self.rows: list[dict[str, Any]] = []
+        self.test_held_out = test_held_out
         if keep is None:
             self.handle = path.open("w", newline="")
             csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS).writeheader()
@@ -61,6 +66,7 @@ class MetricsWriter:
         self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS)
 
     def write(self, row: dict[str, Any]) -> None:
+        row = {**row, "held_out": row["split"] == "test" and self.test_held_out}
         self.rows.append(row)
         self.writer.writerow(row)
         self.handle.flush()

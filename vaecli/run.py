@@ -197,6 +197,10 @@ def train_and_save(
         if interactive:
             console.print(f"[dim]{message}[/dim]")
 
+    if not config_module.test_held_out(cfg):
+        log.warning(config_module.NOT_HELD_OUT)
+        if interactive:
+            console.print(f"[yellow]warning: {config_module.NOT_HELD_OUT}[/yellow]")
     with TrainingProgress(console, enabled=interactive and cfg.train.progress) as progress:
         hook = progress.update if progress.enabled else None
         result = train_loop(cfg, out_dir, on_progress=hook, say=say, resume=resume)
@@ -209,7 +213,7 @@ def train_and_save(
         return {"status": "interrupted", **outcome}
     draw_run_figures(result, out_dir, cfg)
     if interactive:
-        print_summary(Console(), result.final, out_dir, result.steps, result.seconds)
+        print_summary(Console(), result.final, out_dir, result.steps, result.seconds, config_module.test_held_out(cfg))
     write("ok", **outcome, final=result.final)
     log.info("wrote %s", out_dir)
     return {"status": "ok", **outcome, "final": result.final}
@@ -265,15 +269,21 @@ def draw_run_figures(result, out_dir: Path, cfg: DictConfig) -> None:
     images.save_grid(latents.traversal_grid(model), out_dir / run_folder.TRAVERSAL_PNG, columns=10)
 
 
-def print_summary(console, final: dict[str, dict[str, float]], out_dir: Path, steps: int, seconds: float) -> None:
+def print_summary(
+    console, final: dict[str, dict[str, float]], out_dir: Path, steps: int, seconds: float, held_out: bool = True
+) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):,.0f} steps/s)")
+    title = f"{steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):,.0f} steps/s)"
+    if not held_out:
+        title += "\n[yellow]test* = images it trained on (data.train_on=all): not held out[/yellow]"
+    table = Table(title=title)
     table.add_column("split")
     for column in SUMMARY_COLUMNS:
         table.add_column(column.replace("reconstruction", "recon"), justify="right", no_wrap=True)
     for split, row in final.items():
         seed_units = ("loss", "reconstruction", "kl")
-        table.add_row(split, *(f"{row[c]:.4f}" if c in seed_units else f"{row[c]:.2f}" for c in SUMMARY_COLUMNS))
+        label = split if held_out or split != "test" else "test*"
+        table.add_row(label, *(f"{row[c]:.4f}" if c in seed_units else f"{row[c]:.2f}" for c in SUMMARY_COLUMNS))
     console.print(table)
     console.print(f"run folder: [bold]{out_dir}[/bold]")

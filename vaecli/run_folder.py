@@ -28,6 +28,7 @@ TRAVERSAL_PNG = "traversal.png"
 CHECKPOINT = "checkpoint.pt"
 RESULT_JSON = "result.json"
 RUN_FILES = (HYDRA_DIR, RESULT_JSON, CHECKPOINT, METRICS_CSV)  # any of them: the folder holds a run
+PROVENANCE_JSON = "provenance.json"  # versions, host, command line, commit, data files' MD5s
 
 # a sweep folder (beside its members' run folders)
 PLAN_JSON = "sweep.json"
@@ -106,6 +107,17 @@ def claim_fresh(path: Path, whole: bool = False) -> Path:
         except FolderTaken:
             number += 1
             candidate = path.with_name(f"{path.name}-{number}")
+
+
+def write_provenance(run_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_bytes(run_dir / PROVENANCE_JSON, (json.dumps(record, indent=2, default=str) + "\n").encode())
+
+
+def read_provenance(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / PROVENANCE_JSON).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def member_dirs(sweep_dir: Path) -> list[Path]:

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vaecli import run_folder
+from vaecli.config import NOT_HELD_OUT, test_held_out
 from vaecli.errors import Stopped, UsageError, first_line
 from vaecli.hydra_bridge import compose, expand_sweep, has_key, override_key, quote_value, run_hydra
 from vaecli.signals import STOP, Interrupted, exit_code, signal_name
@@ -136,6 +137,8 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         f"sweep of {len(sweep_plan.members)} members through the {sweep_plan.launcher} launcher into "
         f"[bold]{sweep_plan.sweep_dir}[/bold]"
     )
+    if not all(test_held_out(cfg) for cfg in sweep_plan.configs):
+        console.print(f"[yellow]warning: {NOT_HELD_OUT}[/yellow]")
     write_plan(sweep_plan)
     stop_file = sweep_plan.sweep_dir / run_folder.STOP_FILE
     stop_file.unlink(missing_ok=True)  # left by an earlier, stopped run of this sweep

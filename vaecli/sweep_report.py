@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from vaecli import plots, run_folder
+from vaecli import plots, provenance, run_folder
+from vaecli.config import test_held_out
 from vaecli.run_folder import member_dirs, read_result
 
 FINAL_COLUMNS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
@@ -111,8 +112,10 @@ def aggregate(sweep_dir: Path) -> SweepReport:
             "member": str(member.relative_to(sweep_dir)),
             "overrides": " ".join(f"{k}={v}" for k, v in member_overrides.items()),
             **values,
+            "held_out": test_held_out(config),  # false: its test_* columns are on images it trained on
         }
         row.update(member_status(member))
+        row.update(provenance.sweep_columns(member))
         metrics_path = member / run_folder.METRICS_CSV
         if metrics_path.is_file() and metrics_path.stat().st_size > 0:
             metrics = pd.read_csv(metrics_path)
@@ -160,13 +163,14 @@ def report(folder: Path, console) -> int:
     figures = draw_all(folder, table, result.long, swept)
 
     shown = table.sort_values("test_neg_elbo_nats", na_position="last") if "test_neg_elbo_nats" in table else table
-    out = Table(title=f"{len(table)} members, sorted by test -ELBO (test set, nats per image)")
+    seen = table.held_out.eq(False) if "held_out" in table else pd.Series(False, index=table.index)
+    out = Table(title=table_title(len(table), int(seen.sum())))
     for column in ("member", "status", *TABLE_COLUMNS):
         out.add_column(column, justify="left" if column in ("member", "status") else "right", no_wrap=True)
     varying = [key for key in swept if key in table and table[key].nunique(dropna=False) > 1] or swept
-    for _, row in shown.iterrows():
+    for index, row in shown.iterrows():
         label = " ".join(f"{key}={row.get(key)}" for key in varying) if row.get("member") else row.get("overrides")
-        cells = [str(label), status_text(row)]
+        cells = [f"{label}{'*' if seen[index] else ''}", status_text(row)]
         for column in TABLE_COLUMNS.values():
             value = row.get(column)
             cells.append("" if value is None or pd.isna(value) else f"{float(value):.2f}")
@@ -196,6 +200,16 @@ def status_text(row: pd.Series) -> str:
     if status == "interrupted" and step is not None and not pd.isna(step):
         return f"interrupted at step {int(step)}"
     return status
+
+
+def table_title(members: int, trained_on_test: int) -> str:
+    """The sweep table's title: its -ELBO is held out only where no member trained on the test images."""
+    if not trained_on_test:
+        return f"{members} members, sorted by test -ELBO (test set, nats per image)"
+    return (
+        f"{members} members, sorted by -ELBO on the test images (nats per image)\n"
+        f"[yellow]* {trained_on_test} of {members} trained on them (data.train_on=all): not held out[/yellow]"
+    )
 
 
 def draw_all(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: list[str]) -> list[Path]:

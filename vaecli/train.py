@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from vaecli import checkpoint
-from vaecli.config import AUTO_CHECKPOINT_SECONDS
+from vaecli import checkpoint, provenance
+from vaecli.config import AUTO_CHECKPOINT_SECONDS, test_held_out
 from vaecli.data import Batches, Split, load_split, training_set
+from vaecli.datasets import DataFile
 from vaecli.errors import RunError
 from vaecli.metrics import MetricsWriter
 from vaecli.model import VAE, build_model
@@ -36,7 +37,45 @@ log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RunError):
-    """The loss became NaN or infinite; the message says at which step."""
+    """The loss became NaN or infinite; the message names the update that broke the model."""
+
+
+class DivergenceWatch:
+    """Finds the update that broke the model, exactly, for about one reduction per step.
+
+    The loss is computed only at scheduled steps, so when it shows NaN the update that broke the
+    model may lie many steps back. NaN or inf in any weight reaches the next forward pass (NaN * 0
+    is NaN, and ReLU keeps NaN), and so do finite weights too large to use; so after every update
+    this adds up the logits and the KL term (computed anyway) and notes the first step whose sum is
+    NaN or inf: the update before it broke the model. On a CPU reading that sum costs nothing more;
+    on a GPU the note stays on the device (no host sync per step) and is read only where the loop
+    reads the loss anyway. Cost: benchmarks/divergence_watch.py.
+    """
+
+    def __init__(self, device: torch.device, on_host: bool | None = None):
+        self.on_host = device.type == "cpu" if on_host is None else on_host
+        self.first: Any = 0 if self.on_host else torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
+
+    def observe(self, step: int, logits: torch.Tensor, kl_term: torch.Tensor) -> None:
+        total = logits.detach().sum().add_(kl_term)
+        if not self.on_host:
+            self.first.masked_fill_(self.first.eq(0).logical_and_(total.isfinite().logical_not_()), step)
+        elif not self.first and not math.isfinite(total.item()):
+            self.first = step
+
+    def check(self, step: int, loss: float) -> None:
+        """Raise :class:`TrainingDiverged` naming the update that broke the model, if one did."""
+        first = int(self.first)
+        if first:
+            raise TrainingDiverged(diverged(first - 1, f"the forward pass of step {first} gave NaN or inf"))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss} at step {step}; try a smaller train.lr")
+
+
+def diverged(update: int, symptom: str) -> str:
+    """The divergence message: which update broke the weights, and how that showed."""
+    culprit = f"at the update of step {update}" if update else "before the first update"
+    return f"training diverged {culprit} ({symptom}): the weights became NaN, inf or too large; try a smaller train.lr"
 
 
 def log_steps(total: int) -> list[int]:
@@ -126,10 +165,11 @@ class Loop:
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.device = device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        train_images, self.test = load_data(cfg, say)
+        train_images, self.test, self.data_files = load_data(cfg, say)
         self.images, self.test_images = train_images.to(device), self.test.images.to(device)
         self.model = build_model(cfg).to(device)
         self.optimizer = make_optimizer(self.model, cfg.train.lr, device)
+        self.watch = DivergenceWatch(device)
         self.shuffler = torch.Generator().manual_seed(cfg.seed)
         self.batches = Batches(self.images, cfg.train.batch_size, cfg.train.shuffle, self.shuffler)
         self.steps = total_steps(cfg, len(self.images))
@@ -137,7 +177,8 @@ class Loop:
         self.position = Position()
         if resume is not None:
             self.restore(resume)
-        self.metrics = MetricsWriter(out_dir / METRICS_CSV, keep=self.position.rows if resume else None)
+        keep = self.position.rows if resume else None
+        self.metrics = MetricsWriter(out_dir / METRICS_CSV, keep=keep, test_held_out=test_held_out(cfg))
         self.saved_step = self.position.step if resume else None
         self.clock = self.last_save = 0.0  # perf_counter() at step 0 of the run / at the last save
 
@@ -167,6 +208,7 @@ class Loop:
             if start
             else f"training {self.steps} steps on {where}"
         )
+        provenance.write(self.out_dir, self.cfg, self.device, torch.get_num_threads(), self.data_files)
         self.last_save = time.perf_counter()
         self.clock = self.last_save - position.seconds
         try:
@@ -174,8 +216,9 @@ class Loop:
                 x = batches.batch(step)
                 q, _, p = model(x)
                 optimizer.zero_grad(set_to_none=True)
-                backward_beta_elbo(q, p.logits, x, beta)
+                kl_term = backward_beta_elbo(q, p.logits, x, beta)
                 optimizer.step()
+                self.watch.observe(step, p.logits, kl_term)
 
                 if step == fail_at_step:
                     raise RuntimeError(f"failing at step {step} as asked by fail_at_step")
@@ -215,8 +258,7 @@ class Loop:
         with torch.no_grad():
             terms = elbo_terms(q, logits, x, beta)
         loss = float(terms.loss)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss} at step {step}; try a smaller train.lr")
+        self.watch.check(step, loss)
         now = time.perf_counter()
         epoch = self.batches.epoch(step)
         if step in self.logged:
@@ -277,18 +319,22 @@ class Loop:
         return {split: last[split] for split in ("train", "test") if split in last}
 
 
-def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split]:
-    """The images to train on (the test set included when ``data.train_on=all``) and the test split."""
+def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split, tuple[DataFile, ...]]:
+    """The images to train on (the test set included when ``data.train_on=all``), the test split, the files read."""
     train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say)
     test_split = load_split(cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say)
-    return training_set(train_split, test_split, cfg.data.train_on).images, test_split
+    files = train_split.files + test_split.files
+    return training_set(train_split, test_split, cfg.data.train_on).images, test_split, files
 
 
 def test_row(
     model: VAE, images: torch.Tensor, beta: float, seed: int, step: int, epoch: float, started: float
 ) -> dict[str, Any]:
-    """A metrics row for the whole test split, in eval mode."""
+    """A metrics row for the whole test split, in eval mode; NaN or inf is divergence, never a row."""
     model.eval()
     row = {"step": step, "epoch": round(epoch, 4), "split": "test", **evaluate(model, images, beta, seed)}
     model.train()
+    broken = next((key for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)), None)
+    if broken is not None:
+        raise TrainingDiverged(diverged(step, f"the test evaluation after it gave {broken}={row[broken]}"))
     return {**row, "images_per_s": "", "seconds": round(time.perf_counter() - started, 4)}
