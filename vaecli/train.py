@@ -287,6 +287,7 @@ class Loop:
     def save(self) -> None:
         """checkpoint.pt for the current step, after the metrics rows it counts are on disk."""
         position = self.position
+        self.watch.check(position.step, 0.0)  # never a checkpoint of weights the watch saw break
         position.seconds, position.rows = time.perf_counter() - self.clock, len(self.metrics.rows)
         self.metrics.sync()
         checkpoint.save(
