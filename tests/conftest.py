@@ -6,6 +6,7 @@ import gzip
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,15 @@ def runner() -> CliRunner:
 def invoke(runner: CliRunner, *args: str):
     """Run the real `vae` command in-process; exceptions propagate so failures are visible."""
     return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def vae_without(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real `vae` command in a fresh process where ``module`` cannot be imported, as without its extra."""
+    code = (
+        f"import sys; sys.modules[{module!r}] = None; sys.argv = ['vae', *{list(args)!r}]; "
+        "import vaecli.cli; vaecli.cli.main()"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,19 @@ import json
 import shutil
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from tests.conftest import invoke
-from vaecli.sweep import plan
+from tests.conftest import invoke, vae_without
+from vaecli import extras
+from vaecli.errors import UsageError
+from vaecli.sweep import TRIAL_SUBDIR, plan
 
 GRID = ["beta=0,0.5", "latent_size=2,4"]
+needs_optuna = pytest.mark.skipif(bool(extras.missing("optuna")), reason="the optuna extra is not installed")
 EXPECTED_MEMBERS = {"beta=0,latent_size=2", "beta=0,latent_size=4", "beta=0.5,latent_size=2", "beta=0.5,latent_size=4"}
 PLOTS = [
     "loss_curves.png",
@@ -155,6 +160,15 @@ def test_report_refuses_a_folder_without_members(runner, tmp_path):
         (["latent_size=2,abc"], "bad value for latent_size"),
         (["beta=0,1", "hydra/launcher=nonesuch"], "no config 'hydra/launcher/nonesuch'"),
         (["betta=0,1"], "unknown config key 'betta'"),
+        pytest.param(["hydra/sweeper=optuna", "beta=interval(-1,1)"], "beta=-1.0 is not allowed", marks=needs_optuna),
+        pytest.param(
+            ["hydra/sweeper=optuna", "latent_size=range(3,3)"],
+            "latent_size=range(3,3): the range is empty",
+            marks=needs_optuna,
+        ),
+        pytest.param(
+            ["hydra/sweeper=optuna", "train.steps=8"], "hydra/sweeper=optuna needs a key to search", marks=needs_optuna
+        ),
     ],
 )
 def test_bad_grids_are_refused_before_anything_runs(runner, tmp_path, grid, message):
@@ -195,3 +209,76 @@ def test_default_study_and_hydra_sweep_syntax():
     slurm = plan(["beta=0,1", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug"])
     assert "hydra.launcher.partition=debug" in slurm.arguments
     assert "hydra.launcher.cpus_per_task=2" in slurm.arguments and "hydra.launcher.timeout_min=60" in slurm.arguments
+
+
+# ----------------------------------------------------------------------------- Optuna searches
+
+SEARCH = ["hydra/sweeper=optuna", "beta=tag(log, interval(0.001, 1))", "latent_size=range(2,21)"]
+
+
+@needs_optuna
+def test_an_optuna_search_is_checked_through_its_probes_not_a_grid():
+    searched = plan([*SEARCH, "hydra.sweeper.n_trials=20"])
+    assert (searched.sweeper, searched.total, searched.members) == ("optuna", 20, [])
+    assert sorted((cfg.beta, cfg.latent_size) for cfg in searched.configs) == [(0.001, 2), (0.001, 20), (1.0, 2)]
+    assert f"hydra.sweep.subdir={TRIAL_SUBDIR}" in searched.arguments  # trial numbers keep equal trials apart
+    assert not any("beta=0,0.01" in item for item in searched.arguments)  # no default grid added
+
+
+@needs_optuna
+def test_the_best_beta_preset_is_an_optuna_search_over_beta():
+    preset = plan(["search=best_beta", "train.steps=8"])
+    assert (preset.sweeper, preset.total) == ("optuna", 20)
+    assert sorted(cfg.beta for cfg in preset.configs) == [0.001, 1.0]
+    assert {cfg.latent_size for cfg in preset.configs} == {10}
+    assert {cfg.hydra.sweeper.sampler.seed for cfg in preset.configs} == {0}
+    with pytest.raises(UsageError, match="no config 'search/nonesuch'"):
+        plan(["search=nonesuch"])
+
+
+@needs_optuna
+def test_an_optuna_search_runs_trials_as_members_and_names_the_best(runner, tiny, tmp_path):
+    sweep_dir = tmp_path / "search"
+    searched = ["hydra/sweeper=optuna", "beta=tag(log, interval(0.001, 1))", "latent_size=range(2,5)"]
+    result = sweep(runner, tiny, sweep_dir, *searched, "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=0")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert len(table) == 4 and set(table.status) == {"ok"}
+    assert sorted(member.split("_", 1)[0] for member in table.member) == ["0", "1", "2", "3"]
+    assert set(table.latent_size) <= {2, 3, 4} and table.beta.between(0.001, 1).all()
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert (best["trials"], best["completed"], best["failed"]) == (4, 4, 0)
+    winner = table.loc[table.test_neg_elbo_nats.idxmin()]
+    assert best["best_value"] == pytest.approx(winner.test_neg_elbo_nats, rel=1e-5)
+    assert Path(best["best_trial"]["output_dir"]).name == winner.member
+    assert best["best_params"] == {"beta": pytest.approx(winner.beta), "latent_size": winner.latent_size}
+    assert "best trial" in result.stdout and winner.member in result.stdout.replace("\n", "")
+    assert "Optuna search of 4 trials" in result.stderr
+    assert all((sweep_dir / name).is_file() for name in PLOTS)
+
+
+@needs_optuna
+@pytest.mark.filterwarnings("ignore:BruteForceSampler is experimental")
+def test_a_diverging_trial_is_failed_and_the_search_goes_on(runner, tiny, tmp_path):
+    sweep_dir = tmp_path / "search"
+    brute_force = ["hydra/sweeper/sampler=random", "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler"]
+    searched = ["hydra/sweeper=optuna", "train.lr=choice(0.001,1e30)", "beta=choice(0.01,0.1)", *brute_force]
+    result = sweep(runner, tiny, sweep_dir, *searched, "hydra.sweeper.n_trials=4")
+    assert result.exit_code == 1  # as for any sweep with failed members
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert len(table) == 4
+    failed = table[table.status == "failed"]
+    assert len(failed) == 2 and failed.error.str.contains("TrainingDiverged: loss became").all()
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert (best["trials"], best["completed"], best["failed"]) == (4, 2, 2)
+    assert best["best_params"]["train.lr"] == 0.001
+    assert "2 of 4 members failed" in result.stderr
+
+
+def test_an_optuna_search_without_optuna_is_one_line_and_no_folder(tmp_path):
+    done = vae_without("optuna", "sweep", *SEARCH, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "error: hydra/sweeper=optuna needs optuna, which is not installed: pip install 'vaecli[optuna]'"
+    ]
+    assert list(tmp_path.iterdir()) == []

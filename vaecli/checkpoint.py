@@ -19,7 +19,9 @@ from vaecli.run_folder import CHECKPOINT
 from vaecli.runtime import pick_device
 
 FORMAT = "vaecli-checkpoint"
-VERSION = 2  # 2 adds the training position (resume); the newest format this vaecli writes and reads; older ones it reads too
+VERSION = (
+    2  # 2 adds the training position (resume); the newest format this vaecli writes and reads; older ones it reads too
+)
 
 
 class CheckpointError(UsageError):

@@ -87,6 +87,7 @@ def root(
         "vae train hydra.run.dir=runs/first (choose the run folder)",
         "vae train --resume runs/first (continue a stopped run from its checkpoint)",
         "vae train --resume runs/first train.steps=5000 (extend a finished run)",
+        "vae train logger=tensorboard (also TensorBoard events in <run folder>/tb)",
         "vae train --cfg job (print the composed config)",
     )
     + "\n\nCtrl-C (SIGINT) or SIGTERM ends the current step, saves a checkpoint and the figures, and exits "
@@ -120,6 +121,9 @@ def train(
         "vae sweep 'latent_size=range(2,12,2)' beta=0.01",
         "vae sweep beta=0,1 hydra/launcher=submitit_slurm hydra.launcher.partition=gpu",
         "vae sweep beta=0,1 hydra.sweep.dir=sweeps/first (run it again to resume)",
+        "vae sweep hydra/sweeper=optuna 'beta=tag(log, interval(0.001, 1))' 'latent_size=range(2,21)' "
+        "hydra.sweeper.n_trials=20 (an Optuna search: each trial a member)",
+        "vae sweep search=best_beta (a preset search: which beta minimises the test -ELBO?)",
         "vae sweep --report outputs/sweeps/2026-11-25/10-31-07 (re-aggregate a sweep folder)",
     )
 )
@@ -132,7 +136,7 @@ def sweep(
         str, typer.Option(help="Grid from conf/sweep/ used for keys the command line leaves unswept.")
     ] = "default",
 ) -> None:
-    """Run a grid of trainings through Hydra's multirun and compare them (sweep.csv and plots)."""
+    """Run a grid of trainings (or an Optuna search) through Hydra's multirun and compare them (sweep.csv and plots)."""
     from vaecli import sweep as sweeps
 
     raise typer.Exit(sweeps.sweep(overrides or [], report, grid))

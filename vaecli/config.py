@@ -19,6 +19,7 @@ from vaecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_ON = ("train", "all")
+LOGGERS = ("csv", "tensorboard")
 DATA_ROOT_ENV = "VAECLI_DATA"
 DEFAULT_DATA_ROOT = "~/.cache/vaecli"
 # train.checkpoint_every=null saves a checkpoint after about this much training time: a hard kill
@@ -71,10 +72,17 @@ class TrainConfig:
 
 
 @dataclass
+class LoggerConfig:
+    # csv: metrics.csv and the PNGs only; tensorboard: also TensorBoard events in <run>/tb (vaecli[tensorboard])
+    name: str = MISSING
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     beta: float = 0.01  # weight of the KL term, in the seed's per-dimension units
     latent_size: int = 10
     seed: int = 0
@@ -124,6 +132,7 @@ def check_values(cfg: Any) -> None:
         ("model.min_scale", cfg.model.min_scale > 0, "must be > 0"),
         ("device", cfg.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
         ("threads", cfg.threads >= 0, "must be >= 0 (0 = automatic)"),
+        ("logger.name", cfg.logger.name in LOGGERS, f"must be one of {', '.join(LOGGERS)}"),
         ("data.train_on", cfg.data.train_on in TRAIN_ON, f"must be one of {', '.join(TRAIN_ON)}"),
         ("data.limit", cfg.data.limit is None or cfg.data.limit >= 1, "must be >= 1 or null"),
         (

@@ -10,6 +10,9 @@ import torch
 from vaecli.model import VAE
 from vaecli.objective import kl_to_standard_normal
 
+RUN_ORIGINALS = 8  # test images a run shows over their reconstructions
+TRAVERSAL_STEPS = 10  # the seed's 10 x 10 traversal
+
 
 @torch.no_grad()
 def traversal_grid(
@@ -17,7 +20,7 @@ def traversal_grid(
     dims: tuple[int, int] = (0, 1),
     low: float = -1.0,
     high: float = 1.0,
-    steps: int = 10,
+    steps: int = TRAVERSAL_STEPS,
     center: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decoder means over a steps x steps grid of two latent dims, the rest at ``center`` (0).
@@ -130,3 +133,15 @@ def interpolation(model: VAE, first: torch.Tensor, second: torch.Tensor, steps: 
     ends = posterior_means(model, torch.stack([first.reshape(-1), second.reshape(-1)]))
     weights = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
     return decode(model, (1 - weights) * ends[0] + weights * ends[1])
+
+
+def run_pictures(model: VAE, test_images: torch.Tensor) -> dict[str, tuple[torch.Tensor, int]]:
+    """What a run shows of its model, as ``name -> (images, columns)``; drawn at its end and, with
+    ``logger=tensorboard``, at each test evaluation.
+
+    ``reconstructions``: the first test images in one row over their reconstructions;
+    ``traversal``: the seed's grid over latent dims 0 and 1 in [-1, 1].
+    """
+    originals = test_images[:RUN_ORIGINALS].cpu()
+    pair = torch.cat([originals, reconstructions(model, originals)])
+    return {"reconstructions": (pair, len(originals)), "traversal": (traversal_grid(model), TRAVERSAL_STEPS)}

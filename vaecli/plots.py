@@ -106,7 +106,7 @@ def loss_curves(long: pd.DataFrame, path: Path, colour: str, facet: str) -> Path
         + theme_bw()
     )
     if facet in frame and frame[facet].nunique() > 1:
-        plot += facet_wrap(f"~{facet}", labeller="label_both")
+        plot += facet_wrap([facet], labeller="label_both")  # a list: a formula would read train.lr as an expression
     save_plot(plot, path, width=8, height=5)
     return path
 

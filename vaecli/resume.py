@@ -25,7 +25,7 @@ from vaecli.hydra_bridge import compose, has_key, override_key, quote_value
 log = logging.getLogger("vaecli")
 
 # what may differ between runs without changing their results
-PLACE_KEYS = ("device", "threads", "data.root", "train.progress", "train.checkpoint_every")
+PLACE_KEYS = ("device", "threads", "data.root", "train.progress", "train.checkpoint_every", "logger.name")
 # what a continued run may change besides: its length
 LENGTH_KEYS = ("train.steps", "train.epochs")
 # a sweep member in one of these states continues from its checkpoint; a failed one starts again
@@ -47,12 +47,21 @@ def as_container(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in container.items() if key != "hydra"}  # type: ignore[union-attr]
 
 
-def digest(cfg: DictConfig | dict[str, Any], leave_out: Sequence[str]) -> str:
+def without(cfg: DictConfig | dict[str, Any], leave_out: Sequence[str]) -> dict[str, Any]:
     container = copy.deepcopy(as_container(cfg))
     for key in leave_out:
         section, _, name = key.rpartition(".")
         (container.get(section, {}) if section else container).pop(name, None)
-    return hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
+    return container
+
+
+def deciding_config(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """The resolved config without where and how it runs: what decides a run's results."""
+    return without(cfg, PLACE_KEYS)
+
+
+def digest(cfg: DictConfig | dict[str, Any], leave_out: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(without(cfg, leave_out), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_hash(cfg: DictConfig | dict[str, Any]) -> str:

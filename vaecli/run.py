@@ -18,22 +18,25 @@ import signal
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vaecli import config as config_module
+from vaecli import extras, run_folder
 from vaecli import resume as resuming
-from vaecli import run_folder
 from vaecli.errors import RunError, Stopped, VaeError, first_line
 from vaecli.hydra_bridge import compose, has_key, print_config, quote_value, run_hydra
 from vaecli.resume import config_hash
 from vaecli.runtime import pick_device, preemption_signal, slurm_job_id, threads_for
 from vaecli.signals import STOP, Interrupted, exit_code, signal_name
 
+if TYPE_CHECKING:
+    from vaecli.train import RowHook
+
 log = logging.getLogger("vaecli")
-RECONSTRUCTION_COUNT = 8
 SUMMARY_COLUMNS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
 
 config_module.register()  # launchers unpickle `task` in fresh processes: the schema must be known there
@@ -113,6 +116,8 @@ def preflight(configs: Iterable[DictConfig]) -> None:
     from vaecli.datasets import ensure_data
 
     configs = list(configs)
+    if any(cfg.logger.name == "tensorboard" for cfg in configs):
+        extras.require("tensorboard", "logger=tensorboard")
     for device in sorted({cfg.device for cfg in configs}):
         pick_device(device)
     for name, root in sorted({(cfg.data.name, cfg.data.root) for cfg in configs}):
@@ -159,7 +164,9 @@ def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> d
         run_folder.write_result(out_dir, status=status, seconds=round(time.time() - started, 3), **record, **fields)
 
     try:
-        result = train_and_save(cfg, out_dir, threads_for(cfg.threads, launcher), not sweeping, resume, write)
+        with run_logger(cfg, out_dir) as on_row:
+            threads = threads_for(cfg.threads, launcher)
+            result = train_and_save(cfg, out_dir, threads, not sweeping, resume, write, on_row)
     except Interrupted as error:  # a second Ctrl-C: leave at once, the last checkpoint as it was
         if (run_folder.read_result(out_dir) or {}).get("status") != "interrupted":  # not yet recorded
             step = error.saved_step if error.saved_step is not None else record["resumed_from"]
@@ -175,8 +182,25 @@ def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> d
     return result
 
 
+def run_logger(cfg: DictConfig, out_dir: Path) -> AbstractContextManager[Any]:
+    """``logger=tensorboard``: a row hook writing TensorBoard events (``with`` it: its exit writes the
+    HParams row, failed or not); ``logger=csv``: no hook, metrics.csv is the whole record."""
+    if cfg.logger.name != "tensorboard":
+        return nullcontext(None)
+    from vaecli.tensorboard_log import RunEvents
+
+    shown = {key: value for key, value in resuming.deciding_config(cfg).items() if key != "logger"}  # HParams columns
+    return RunEvents(out_dir, shown, data=(cfg.data.name, cfg.data.root))
+
+
 def train_and_save(
-    cfg: DictConfig, out_dir: Path, threads: int, interactive: bool, resume: dict | None, write: Callable[..., None]
+    cfg: DictConfig,
+    out_dir: Path,
+    threads: int,
+    interactive: bool,
+    resume: dict | None,
+    write: Callable[..., None],
+    on_row: RowHook | None = None,
 ) -> dict[str, Any]:
     """Train with progress on the terminal (checkpoints on the way), record the outcome, draw the figures.
 
@@ -186,6 +210,7 @@ def train_and_save(
     import torch
     from rich.console import Console
 
+    from vaecli.train import no_row_hook
     from vaecli.train import train as train_loop
 
     torch.set_num_threads(threads)
@@ -203,7 +228,7 @@ def train_and_save(
             console.print(f"[yellow]warning: {config_module.NOT_HELD_OUT}[/yellow]")
     with TrainingProgress(console, enabled=interactive and cfg.train.progress) as progress:
         hook = progress.update if progress.enabled else None
-        result = train_loop(cfg, out_dir, on_progress=hook, say=say, resume=resume)
+        result = train_loop(cfg, out_dir, on_progress=hook, say=say, resume=resume, on_row=on_row or no_row_hook)
     outcome = {"step": result.steps, "steps": result.total, "train_seconds": round(result.seconds, 3)}
     if result.stopped_by is not None:
         name, command = signal_name(result.stopped_by), resume_command(out_dir)
@@ -255,18 +280,14 @@ class TrainingProgress:
 
 def draw_run_figures(result, out_dir: Path, cfg: DictConfig) -> None:
     import pandas as pd
-    import torch
 
     from vaecli import images, latents, plots
 
-    model = result.model.eval()
     title = f"beta={cfg.beta}, latent_size={cfg.latent_size}"
     plots.loss_plot(pd.DataFrame(result.rows), out_dir / run_folder.LOSS_PNG, title=title)
-    originals = result.test.images[:RECONSTRUCTION_COUNT].cpu()
-    reconstructions = latents.reconstructions(model, originals)
-    pair = torch.cat([originals, reconstructions])
-    images.save_grid(pair, out_dir / run_folder.RECONSTRUCTIONS_PNG, RECONSTRUCTION_COUNT)
-    images.save_grid(latents.traversal_grid(model), out_dir / run_folder.TRAVERSAL_PNG, columns=10)
+    files = {"reconstructions": run_folder.RECONSTRUCTIONS_PNG, "traversal": run_folder.TRAVERSAL_PNG}
+    for name, (tiles, columns) in latents.run_pictures(result.model.eval(), result.test.images).items():
+        images.save_grid(tiles, out_dir / files[name], columns)
 
 
 def print_summary(

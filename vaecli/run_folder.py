@@ -29,6 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 RESULT_JSON = "result.json"
 RUN_FILES = (HYDRA_DIR, RESULT_JSON, CHECKPOINT, METRICS_CSV)  # any of them: the folder holds a run
 PROVENANCE_JSON = "provenance.json"  # versions, host, command line, commit, data files' MD5s
+TB_DIR = "tb"  # logger=tensorboard: the run's TensorBoard events
 
 # a sweep folder (beside its members' run folders)
 PLAN_JSON = "sweep.json"
@@ -38,6 +39,9 @@ LOSS_CURVES_PNG = "loss_curves.png"
 RATE_DISTORTION_PNG = "rate_distortion.png"
 NEG_ELBO_PNG = "neg_elbo.png"
 STOP_FILE = ".stop"  # written by `vae sweep` on SIGINT/SIGTERM (the signal's name); members poll it
+# hydra/sweeper=optuna: the search's best trial, written by hydra_plugins/vaecli_optuna_sweeper/_study.py
+# (RESULTS_NAME there, the name Hydra's own Optuna plugin uses)
+BEST_TRIAL_YAML = "optimization_results.yaml"
 MONTAGE_SOURCES = (RECONSTRUCTIONS_PNG, TRAVERSAL_PNG)
 
 

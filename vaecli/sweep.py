@@ -1,4 +1,4 @@
-"""`vae sweep`: plan a grid, check every member, run it through Hydra's multirun, report.
+"""`vae sweep`: plan a grid (or an Optuna search), check its members, run it through Hydra's multirun, report.
 
 Every member is an ordinary run of :func:`vaecli.run.task` in its own folder. Members record their
 own status (result.json), so aggregation works the same for the basic launcher, joblib,
@@ -20,28 +20,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from vaecli import run_folder
+from vaecli import extras, run_folder
 from vaecli.config import NOT_HELD_OUT, test_held_out
 from vaecli.errors import Stopped, UsageError, first_line
 from vaecli.hydra_bridge import compose, expand_sweep, has_key, override_key, quote_value, run_hydra
 from vaecli.signals import STOP, Interrupted, exit_code, signal_name
 
 SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
+# an Optuna trial's folder: its number keeps two trials with the same values apart
+TRIAL_SUBDIR = "${hydra.job.num}_${hydra.job.override_dirname}"
 
 
 @dataclass
 class SweepPlan:
     task_overrides: list[str]
     hydra_overrides: list[str]
-    members: list[list[str]]
+    members: list[list[str]]  # every member's overrides (none known ahead for an Optuna search)
     sweep_dir: Path
     launcher: str
-    configs: list[Any]  # each member's composed config, already checked
+    configs: list[Any]  # each member's composed config (an Optuna search: its probes), already checked
     arguments: list[str] = field(default_factory=list)
+    total: int = 0  # members to run: the grid's size, or an Optuna search's n_trials
+    sweeper: str = "basic"
 
 
 def is_hydra_override(item: str) -> bool:
@@ -89,18 +94,26 @@ def launcher_preset(launcher: str, hydra_overrides: Sequence[str]) -> list[str]:
 
 
 def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
-    """Expand and check the whole grid; nothing is written, so a bad value leaves no folder."""
+    """Expand and check the whole grid (or an Optuna search's probes); nothing is written, so a bad
+    value leaves no folder."""
     task = [item for item in overrides if not is_hydra_override(item)]
     hydra_part = [item for item in overrides if is_hydra_override(item)]
-    if not any(is_sweep(item) for item in task):
-        given = {override_key(item) for item in task}
-        task = [f"{key}={value}" for key, value in default_grid(grid).items() if key not in given] + task
     launcher = launcher_choice(hydra_part)
     hydra_part = [*hydra_part, *launcher_preset(launcher, hydra_part)]
-    members = expand_sweep(task)
-    configs = [compose([*member, *hydra_part], with_hydra=True) for member in members]
-    composed = configs[0]
-    swept = {override_key(item) for item in task if is_sweep(item)}
+    composed = compose([*(item for item in task if not is_sweep(item)), *hydra_part], with_hydra=True)
+    sweeper = composed.hydra.runtime.choices.get("hydra/sweeper") or "basic"
+    if sweeper == "optuna":
+        members, (checked, swept) = [], search_probes(task, composed.hydra.sweeper.params)
+        total = int(composed.hydra.sweeper.n_trials)
+        if not has_key(hydra_part, "hydra.sweep.subdir"):
+            hydra_part.append(f"hydra.sweep.subdir={TRIAL_SUBDIR}")
+    else:
+        if not any(is_sweep(item) for item in task):
+            given = {override_key(item) for item in task}
+            task = [f"{key}={value}" for key, value in default_grid(grid).items() if key not in given] + task
+        members = checked = expand_sweep(task)
+        swept, total = {override_key(item) for item in task if is_sweep(item)}, len(members)
+    configs = [compose([*member, *hydra_part], with_hydra=True) for member in checked]
     fixed = [override_key(item) for item in task if override_key(item) not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
     if fixed and not has_key(hydra_part, exclude_key):
@@ -109,7 +122,28 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
         hydra_part.append(f"{exclude_key}=[{','.join(excluded)}]")
     sweep_dir = Path(composed.hydra.sweep.dir)
     arguments = ["--multirun", *task, *hydra_part]
-    return SweepPlan(task, hydra_part, members, sweep_dir, launcher, configs, arguments)
+    return SweepPlan(task, hydra_part, members, sweep_dir, launcher, configs, arguments, total, sweeper)
+
+
+def search_probes(task: Sequence[str], params: Any) -> tuple[list[list[str]], set[str]]:
+    """``hydra/sweeper=optuna``: a few trials to check before the search (each choice, both ends of
+    each range: :meth:`SearchSpace.probes`) and the searched keys, from ``hydra.sweeper.params`` and
+    the command line as the sweeper will read them."""
+    extras.require("optuna", "hydra/sweeper=optuna")
+    from hydra.errors import HydraException
+
+    from hydra_plugins.vaecli_optuna_sweeper._space import search_space
+
+    try:
+        space = search_space(task, params)
+    except (ValueError, HydraException) as error:
+        raise UsageError(f"hydra/sweeper=optuna: {first_line(error)}") from None
+    if not space.distributions:
+        raise UsageError(
+            "hydra/sweeper=optuna needs a key to search, e.g. 'beta=tag(log, interval(0.001, 1))' "
+            "or latent_size=range(2,21) (or a preset: search=NAME)"
+        )
+    return space.probes(), set(space.distributions)
 
 
 def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
@@ -133,8 +167,9 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
     if not has_key(sweep_plan.hydra_overrides, "hydra.sweep.dir"):  # a new sweep: a folder of its own
         sweep_plan.sweep_dir = run_folder.claim_fresh(sweep_plan.sweep_dir, whole=True)
         sweep_plan.arguments.append(f"hydra.sweep.dir={quote_value(str(sweep_plan.sweep_dir))}")
+    what = "Optuna search of {} trials" if sweep_plan.sweeper == "optuna" else "sweep of {} members"
     console.print(
-        f"sweep of {len(sweep_plan.members)} members through the {sweep_plan.launcher} launcher into "
+        f"{what.format(sweep_plan.total)} through the {sweep_plan.launcher} launcher into "
         f"[bold]{sweep_plan.sweep_dir}[/bold]"
     )
     if not all(test_held_out(cfg) for cfg in sweep_plan.configs):
@@ -148,7 +183,7 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         console.print(f"[yellow]{signal_name(signum)}: members save a checkpoint and stop; again to quit at once[/]")
 
     launch_error = None
-    with STOP.installed(on_request=stop_members), Monitor(sweep_plan.sweep_dir, len(sweep_plan.members), console):
+    with STOP.installed(on_request=stop_members), Monitor(sweep_plan.sweep_dir, sweep_plan.total, console):
         try:
             run_hydra(task, sweep_plan.arguments)
         except Interrupted as error:  # a second signal: no report, members keep their last checkpoints
@@ -165,6 +200,8 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
             console.print("waiting for the sweep's other SLURM jobs to finish ...")
             wait_for_scheduler(sweep_plan.sweep_dir)
     code = report(sweep_plan.sweep_dir, console)
+    if any(cfg.logger.name == "tensorboard" for cfg in sweep_plan.configs):
+        console.print(f"compare the members in TensorBoard: tensorboard --logdir {quote(str(sweep_plan.sweep_dir))}")
     if signum is not None:
         again = [item for item in overrides if override_key(item) != "hydra.sweep.dir"]
         again.append(f"hydra.sweep.dir={sweep_plan.sweep_dir}")
@@ -181,6 +218,8 @@ def write_plan(sweep_plan: SweepPlan) -> None:
         "task_overrides": sweep_plan.task_overrides,
         "hydra_overrides": sweep_plan.hydra_overrides,
         "launcher": sweep_plan.launcher,
+        "sweeper": sweep_plan.sweeper,
+        "total": sweep_plan.total,
         "written": time.time(),
     }
     (sweep_plan.sweep_dir / run_folder.PLAN_JSON).write_text(json.dumps(payload, indent=2) + "\n")

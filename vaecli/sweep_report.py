@@ -176,6 +176,7 @@ def report(folder: Path, console) -> int:
             cells.append("" if value is None or pd.isna(value) else f"{float(value):.2f}")
         out.add_row(*cells, style=ROW_STYLES.get(str(row.get("status"))))
     Console().print(out)
+    print_best_trial(folder, Console())
     console.print(f"wrote {folder / run_folder.SWEEP_CSV}, {folder / run_folder.LONG_CSV} and {len(figures)} figures")
     unfinished = table[table.status != "ok"] if "status" in table else table.iloc[0:0]
     failed = unfinished[unfinished.status == "failed"]
@@ -209,6 +210,30 @@ def table_title(members: int, trained_on_test: int) -> str:
     return (
         f"{members} members, sorted by -ELBO on the test images (nats per image)\n"
         f"[yellow]* {trained_on_test} of {members} trained on them (data.train_on=all): not held out[/yellow]"
+    )
+
+
+def print_best_trial(folder: Path, console) -> None:
+    """An Optuna search's answer, as its sweeper wrote it (optimization_results.yaml); nothing for a grid."""
+    path = folder / run_folder.BEST_TRIAL_YAML
+    if not path.is_file():
+        return
+    found = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(found, dict)
+    counts = f"{found['trials']} trials, {found['completed']} completed, {found['failed']} failed"
+    best = found.get("best_trial")
+    if not best:
+        console.print(f"[red]Optuna search: {counts}; no best trial[/red]")
+        return
+    values = " ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in found["best_params"].items()
+    )
+    where = Path(best.get("output_dir", ""))
+    member = where.relative_to(folder.resolve()) if where.is_relative_to(folder.resolve()) else where
+    console.print(
+        f"[bold green]best trial[/bold green] of the Optuna search ({counts}): [bold]{values}[/bold], "
+        f"{found['objective']} = {found['best_value']:.4g} ({found['direction']}), in {member}"
     )
 
 

@@ -139,6 +139,11 @@ class TrainResult:
 
 
 ProgressHook = Callable[[int, int, float, float], None]
+RowHook = Callable[[dict[str, Any], VAE], None]  # called with each metrics row just written, and the model
+
+
+def no_row_hook(row: dict[str, Any], model: VAE) -> None:
+    """The default :data:`RowHook`: metrics.csv is the whole record."""
 
 
 def train(
@@ -148,20 +153,28 @@ def train(
     say: Callable[[str], None] = log.info,
     resume: dict[str, Any] | None = None,
     stop: StopRequests = STOP,
+    on_row: RowHook = no_row_hook,
 ) -> TrainResult:
     """Train one model as ``cfg`` says, writing metrics.csv and checkpoint.pt into ``out_dir`` as it goes.
 
     ``resume`` is a loaded checkpoint of this run to continue from; ``stop`` ends the run after
     the step during which a stop was requested, with a checkpoint of that step.
     """
-    return Loop(cfg, out_dir, say, resume).run(on_progress, stop)
+    return Loop(cfg, out_dir, say, resume, on_row).run(on_progress, stop)
 
 
 class Loop:
     """One session of a run's training: from step 0, or from a checkpoint's position."""
 
-    def __init__(self, cfg: Any, out_dir: Path, say: Callable[[str], None], resume: dict[str, Any] | None):
-        self.cfg, self.out_dir, self.say = cfg, out_dir, say
+    def __init__(
+        self,
+        cfg: Any,
+        out_dir: Path,
+        say: Callable[[str], None],
+        resume: dict[str, Any] | None,
+        on_row: RowHook = no_row_hook,
+    ):
+        self.cfg, self.out_dir, self.say, self.on_row = cfg, out_dir, say, on_row
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.device = device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
@@ -267,11 +280,14 @@ class Loop:
             row["images_per_s"] = round((step - position.last_log_step) * batch_size / max(since, 1e-9), 1)
             row["seconds"] = round(now - self.clock, 4)
             self.metrics.write(row)
+            self.on_row(row, self.model)
             log.info(f"step {step}: loss {row['loss']:.5f}, neg_elbo_nats {row['neg_elbo_nats']:.2f}")
             position.last_log_step, position.last_log_seconds = step, now - self.clock
         if step in self.evaluated:
             eval_started = time.perf_counter()
-            self.metrics.write(test_row(self.model, self.test_images, beta, self.cfg.seed, step, epoch, self.clock))
+            row = test_row(self.model, self.test_images, beta, self.cfg.seed, step, epoch, self.clock)
+            self.metrics.write(row)
+            self.on_row(row, self.model)  # inside the evaluation's time, which images_per_s leaves out
             spent = time.perf_counter() - eval_started
             position.eval_seconds += spent
             position.last_log_seconds += spent  # images_per_s counts training time only
