@@ -268,7 +268,7 @@ def test_a_diverging_trial_is_failed_and_the_search_goes_on(runner, tiny, tmp_pa
     table = pd.read_csv(sweep_dir / "sweep.csv")
     assert len(table) == 4
     failed = table[table.status == "failed"]
-    assert len(failed) == 2 and failed.error.str.contains("TrainingDiverged: loss became").all()
+    assert len(failed) == 2 and failed.error.str.contains("TrainingDiverged: training diverged").all()
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert (best["trials"], best["completed"], best["failed"]) == (4, 2, 2)
     assert best["best_params"]["train.lr"] == 0.001
