@@ -178,6 +178,9 @@ def test_resume_refuses_what_is_not_a_run(runner, tmp_path):
     assert invoke(runner, "train", "--resume", str(tmp_path)).exit_code == 2
     result = invoke(runner, "train", "--resume", str(tmp_path / "nowhere"))
     assert result.exit_code == 2 and "does not exist" in result.stderr
+    (tmp_path / "early" / ".hydra").mkdir(parents=True)  # a run killed before its first checkpoint
+    result = invoke(runner, "train", "--resume", str(tmp_path / "early"))
+    assert result.exit_code == 2 and "holds no checkpoint" in result.stderr
 
 
 def test_an_occupied_run_folder_is_refused_untouched(runner, tiny, trained_run):
