@@ -111,14 +111,16 @@ def test_padded_latent_dimensions_are_dead(images):
     loc, scale = group.model.encode(images[0][:BATCH])
     assert torch.all(loc[0, :, pad] == 0) and torch.all(scale[0, :, pad] > 0)
     group.train_step(1)
-    head, first = group.model.encoder_head, group.model.decoder_body[0]
-    padded_rows = [*range(2, 10), *range(12, 20)]  # loc and raw-scale rows of the padded dims
-    assert torch.all(head.weight.grad[0, padded_rows] == 0) and torch.all(head.bias.grad[0, 0, padded_rows] == 0)
-    assert torch.all(first.weight.grad[0, :, pad] == 0)
-    assert head.weight.grad[0, :2].abs().sum() > 0 and first.weight.grad[0, :, :2].abs().sum() > 0
-    assert head.weight.grad[1, padded_rows].abs().sum() > 0  # the unpadded member's own dims do learn
+    head, first = group.model.encoder_head, group.model.decoder_body[0]  # weights stacked (G, in, out)
+    padded_outputs = [*range(2, 10), *range(12, 20)]  # loc and raw-scale outputs of the padded dims
+    assert torch.all(head.weight.grad[0, :, padded_outputs] == 0) and torch.all(
+        head.bias.grad[0, 0, padded_outputs] == 0
+    )
+    assert torch.all(first.weight.grad[0, pad] == 0)
+    assert head.weight.grad[0, :, :2].abs().sum() > 0 and first.weight.grad[0, :2].abs().sum() > 0
+    assert head.weight.grad[1, :, padded_outputs].abs().sum() > 0  # the unpadded member's own dims do learn
     results = group.run()  # steps 2.. (step 1 was taken above)
-    assert torch.all(head.weight[0, padded_rows] == 0) and torch.all(first.weight[0, :, pad] == 0)
+    assert torch.all(head.weight[0, :, padded_outputs] == 0) and torch.all(first.weight[0, pad] == 0)
 
     # no KL, no decoder input from the padding: the member trains exactly as in a group of its own size
     alone = trainer(images, [small]).run()[0]
@@ -134,7 +136,7 @@ def test_a_diverging_member_fails_alone_and_the_others_carry_on(images):
     members = [Member(0, 0.01, 10), Member(1, 0.1, 5), Member(2, 1.0, 10)]
     group = trainer(images, members)
     with torch.no_grad():
-        group.model.decoder_head.weight[1, 3, 7] = float("nan")  # poison member 1 only
+        group.model.decoder_head.weight[1, 7, 3] = float("nan")  # poison member 1 only
     failures: list[tuple[int, int, str]] = []
     results = group.run(on_failure=lambda i, failure: failures.append((i, failure.step, failure.message)))
     assert failures == [(1, 1, "loss became nan at step 1; try a smaller train.lr")]

@@ -19,18 +19,22 @@ from vaecli.model import VAE
 
 
 class StackedLinear(nn.Module):
-    """G Linear layers applied to G inputs at once; weights in nn.Linear's (out, in) layout."""
+    """G Linear layers applied to G inputs at once.
+
+    Weights are stored (G, in, out), the transpose of nn.Linear's layout, so that their gradient
+    comes out of bmm in the parameter's own layout and autograd does not copy it every step.
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
         super().__init__()
-        self.weight = nn.Parameter(weight)  # (G, out, in)
+        self.weight = nn.Parameter(weight)  # (G, in, out)
         self.bias = nn.Parameter(bias)  # (G, 1, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (G, B, in), or (B, in) when every member sees the same batch."""
         if x.dim() == 2:
             x = x.expand(self.weight.shape[0], *x.shape)  # a view: no copy of the batch
-        return torch.baddbmm(self.bias, x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias, x, self.weight)
 
 
 def _latent_rows(latent_size: int, padded: int) -> torch.Tensor:
@@ -63,7 +67,10 @@ class StackedVAE(nn.Module):
         self.layer_names = _layer_names(len(self.hidden_sizes))
         layers = [[self._padded(model, name) for model in models] for name in self.layer_names]
         stacked = [
-            StackedLinear(torch.stack([w for w, _ in per_member]), torch.stack([b for _, b in per_member]).unsqueeze(1))
+            StackedLinear(
+                torch.stack([w.T for w, _ in per_member]).contiguous(),
+                torch.stack([b for _, b in per_member]).unsqueeze(1),
+            )
             for per_member in layers
         ]
         body = len(self.hidden_sizes)
@@ -106,15 +113,13 @@ class StackedVAE(nn.Module):
     def member_slice(self, name: str, stacked: torch.Tensor, i: int) -> torch.Tensor:
         """Member i's part of ``stacked`` (a parameter or same-shaped optimizer state), padding cut off."""
         size = self.latent_sizes[i]
-        part = stacked[i]
-        if name.endswith(".bias"):
-            part = part[0]
+        part = stacked[i][0] if name.endswith(".bias") else stacked[i].T  # nn.Linear's layout
         layer = name.rsplit(".", 1)[0]
         if layer == "encoder.head":
             part = part.index_select(0, _latent_rows(size, self.latent_size).to(part.device))
         elif layer == self.decoder_input and name.endswith(".weight"):
             part = part[:, :size]
-        return part.detach().clone()
+        return part.detach().contiguous().clone()
 
     def member_state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Member i as a plain ``VAE(latent_size=its own size)`` state_dict."""
