@@ -19,7 +19,7 @@ from vaecli.data import Batches, load_split
 from vaecli.model import VAE
 from vaecli.stacked import GroupSettings, Member, StackedTrainer
 from vaecli.stacked_streams import StackedBatches
-from vaecli.train import make_optimizer
+from vaecli.train import METRIC_COLUMNS, make_optimizer
 
 STEPS, BATCH, LIMIT, TEST_LIMIT = 8, 32, 512, 256
 TERMS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
@@ -78,9 +78,12 @@ def assert_terms_equal(stacked: list[dict], other: list[dict]) -> None:
 def test_group_of_one_reproduces_the_solo_loop(images, data_root, tmp_path):
     member = Member(seed=3, beta=0.01, latent_size=10)
     group = trainer(images, [member])
-    [result] = group.run()
+    streamed, progress = [], []
+    [result] = group.run(on_row=lambda i, row: streamed.append((i, row)), on_progress=lambda *a: progress.append(a))
     alone = solo_run(data_root, tmp_path, member)
-    assert result.status == "ok"
+    assert result.status == "ok" and streamed == [(0, row) for row in result.rows]
+    assert all(list(row) == METRIC_COLUMNS for row in result.rows)
+    assert [p[0] for p in progress] == list(range(1, STEPS + 1)) and set(progress[-1][2]) == {0}
     assert_rows_close(result.rows, alone.rows, rel=1e-5)
     for name, value in alone.model.state_dict().items():
         torch.testing.assert_close(group.member_state_dict(0)[name], value, rtol=0, atol=1e-5)

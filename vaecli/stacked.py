@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -78,30 +78,36 @@ class MemberResult:
 
 RowHook = Callable[[int, dict[str, Any]], None]  # (member index, row)
 FailureHook = Callable[[int, Failure], None]
-ProgressHook = Callable[[int, int, list[int], float], None]  # (step, steps, running members, images/s per member)
+ProgressHook = Callable[[int, int, dict[int, float], float], None]  # (step, steps, loss by member, images/s each)
 
 
-@dataclass
 class StackedTrainer:
-    """The members' stacked model, optimizer and streams; :meth:`run` is the loop."""
+    """The members' stacked model, optimizer and random streams; :meth:`run` is the loop.
 
-    members: Sequence[Member]
-    settings: GroupSettings
-    train_images: torch.Tensor
-    test_images: torch.Tensor
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    Members are numbered by their position in ``members``; a member keeps its number after others
+    fail, while its slot in the stacks (``running.index(number)``) may change.
+    """
 
-    def __post_init__(self) -> None:
-        s = self.settings
-        starts = [solo_start(m.seed, m.latent_size, s.hidden_sizes, s.min_scale) for m in self.members]
+    def __init__(
+        self,
+        members: Sequence[Member],
+        settings: GroupSettings,
+        train_images: torch.Tensor,
+        test_images: torch.Tensor,
+        device: torch.device | str = "cpu",
+    ):
+        self.members, self.settings, self.device = list(members), settings, torch.device(device)
+        starts = [solo_start(m.seed, m.latent_size, settings.hidden_sizes, settings.min_scale) for m in self.members]
         self.model = StackedVAE([model for model, _ in starts]).to(self.device)
-        self.optimizer = make_optimizer(self.model, s.lr, self.device)
-        self.train_images, self.test_images = self.train_images.to(self.device), self.test_images.to(self.device)
-        self.batches = StackedBatches(self.train_images, s.batch_size, s.shuffle, [m.seed for m in self.members])
+        self.optimizer = make_optimizer(self.model, settings.lr, self.device)
+        self.train_images, self.test_images = train_images.to(self.device), test_images.to(self.device)
+        seeds = [m.seed for m in self.members]
+        self.batches = StackedBatches(self.train_images, settings.batch_size, settings.shuffle, seeds)
         self.noise = NoiseStreams([noise for _, noise in starts], self.model.latent_sizes, self.model.latent_size)
-        self.running = list(range(len(self.members)))  # member index of each stack slot
+        self.running = list(range(len(self.members)))  # member number of each stack slot
         self.results = [MemberResult(member, []) for member in self.members]
-        self.step = 0
+        self.step = 0  # steps taken
+        self.seconds = self.eval_seconds = 0.0
         self._stopped: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self._eval_noise = self._make_eval_noise()
         self._refresh_constants()
@@ -143,7 +149,6 @@ class StackedTrainer:
         batch = self.batches.batch_size
         started = time.perf_counter()
         last_time, last_step = started, 0
-        self.eval_seconds = 0.0
         for step in range(self.step + 1, steps + 1):
             check = step in logged or step in evaluated or step % progress_every == 0
             terms = self.train_step(step, check)
@@ -172,7 +177,8 @@ class StackedTrainer:
                 self.eval_seconds += spent
                 last_time += spent  # images_per_s counts training time only, as the solo loop
             if on_progress is not None:
-                on_progress(step, steps, list(self.running), step * batch / max(now - started, 1e-9))
+                losses = {i: terms[i]["loss"] for i in self.running}
+                on_progress(step, steps, losses, step * batch / max(now - started, 1e-9))
         self.seconds = time.perf_counter() - started
         return self.results
 
