@@ -181,3 +181,23 @@ def test_member_batches_follow_their_solo_order_across_epochs(images):
     shared = StackedBatches(train, BATCH, shuffle=True, seeds=[5, 5])
     assert torch.equal(shared.batch(1), Batches(train, BATCH, True, torch.Generator().manual_seed(5)).batch(1))
     assert StackedBatches(train, BATCH, shuffle=False, seeds=[0, 1]).batch(2).shape == (BATCH, 784)
+
+
+@pytest.mark.parametrize("hidden_sizes", [(), (32,)])
+def test_other_depths_stack_and_unstack(images, hidden_sizes):
+    members = [Member(0, 0.1, 2), Member(1, 0.1, 5)]
+    group = trainer(images, members, steps=4, hidden_sizes=hidden_sizes)
+    results = group.run()
+    for i, member in enumerate(members):
+        plain = VAE(member.latent_size, hidden_sizes)
+        plain.load_state_dict(group.member_state_dict(i))
+        alone = trainer(images, [member], steps=4, hidden_sizes=hidden_sizes).run()[0]
+        assert_rows_close(results[i].rows, alone.rows, rel=1e-6)
+
+
+def test_non_finite_weights_are_found_per_member(images):
+    group = trainer(images, [Member(0, 0.1, 2), Member(1, 0.1, 5), Member(2, 0.1, 5)])
+    assert group._finite_weights() == [True, True, True]
+    with torch.no_grad():
+        group.model.encoder_body[1].bias[2, 0, 5] = float("inf")
+    assert group._finite_weights() == [True, True, False]

@@ -6,8 +6,14 @@ stacks), the same backprop from the analytic logit gradient sigmoid(l) - x, the 
 schedule, each member's own batch order and noise. Every member gets its own metrics rows, shaped
 like the solo loop's, and can be taken out as a plain VAE with a plain Adam state.
 
-A member whose loss or weights become non-finite is recorded as failed and removed from the
-stacks; nothing in the stacked step mixes members, so the others carry on unchanged.
+Equivalence: a group of one matches the solo loop to float rounding (bmm and mm sum in other
+orders). A member's numbers do not depend on the other members' values, seeds or count, only on
+the group's padded latent size and on whether the stack holds one member or more (torch's bmm
+takes another kernel for a batch of one); the tests pin both.
+
+A member whose loss or weights become non-finite (checked at the solo loop's check steps) is
+recorded as failed and removed from the stacks. Nothing in the stacked step mixes members, so the
+others carry on bit for bit as they would have with it healthy, while two or more remain.
 """
 
 from __future__ import annotations
