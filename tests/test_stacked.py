@@ -201,3 +201,13 @@ def test_non_finite_weights_are_found_per_member(images):
     with torch.no_grad():
         group.model.encoder_body[1].bias[2, 0, 5] = float("inf")
     assert group._finite_weights() == [True, True, False]
+
+
+def test_a_member_does_not_depend_on_who_else_is_in_its_group(images):
+    member = Member(0, 0.01, 10)
+    with_one = trainer(images, [member, Member(1, 1.0, 2)])
+    with_three = trainer(images, [Member(5, 0.0, 5), member, Member(0, 0.1, 10), Member(2, 0.5, 3)])
+    first, second = with_one.run()[0], with_three.run()[1]
+    assert_terms_equal(first.rows, second.rows)
+    for name, value in with_one.member_state_dict(0).items():
+        assert torch.equal(value, with_three.member_state_dict(1)[name]), name

@@ -9,7 +9,7 @@ like the solo loop's, and can be taken out as a plain VAE with a plain Adam stat
 Equivalence: a group of one matches the solo loop to float rounding (bmm and mm sum in other
 orders). A member's numbers do not depend on the other members' values, seeds or count, only on
 the group's padded latent size and on whether the stack holds one member or more (torch's bmm
-takes another kernel for a batch of one); the tests pin both.
+takes another kernel for a batch of one); tests pin this bit for bit.
 
 A member whose loss or weights become non-finite (checked at the solo loop's check steps) is
 recorded as failed and removed from the stacks. Nothing in the stacked step mixes members, so the
