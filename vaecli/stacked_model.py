@@ -45,7 +45,8 @@ def _latent_rows(latent_size: int, padded: int) -> torch.Tensor:
 class StackedVAE(nn.Module):
     """The members' encoders and decoders side by side; member i lives at index i of every stack."""
 
-    def __init__(self, models: Sequence[VAE]):
+    def __init__(self, models: Sequence[VAE], latent_size: int | None = None):
+        """Stack ``models``, padding their latents to ``latent_size`` (default: the largest)."""
         super().__init__()
         if not models:
             raise ValueError("a stacked model needs at least one member")
@@ -53,7 +54,9 @@ class StackedVAE(nn.Module):
         self.hidden_sizes = [layer.out_features for layer in _linears(first.encoder)[:-1]]
         self.min_scale = first.encoder.min_scale
         self.latent_sizes = [model.latent_size for model in models]
-        self.latent_size = max(self.latent_sizes)
+        self.latent_size = max(self.latent_sizes) if latent_size is None else latent_size
+        if self.latent_size < max(self.latent_sizes):
+            raise ValueError(f"latent_size {latent_size} is smaller than a member's {max(self.latent_sizes)}")
         for model in models:
             shape = [layer.out_features for layer in _linears(model.encoder)[:-1]]
             if shape != self.hidden_sizes or model.encoder.min_scale != self.min_scale:
@@ -78,10 +81,6 @@ class StackedVAE(nn.Module):
         self.encoder_head = stacked[body]
         self.decoder_body = nn.ModuleList(stacked[body + 1 : -1])
         self.decoder_head = stacked[-1]
-
-    @property
-    def size(self) -> int:
-        return len(self.latent_sizes)
 
     @property
     def decoder_input(self) -> str:
@@ -131,27 +130,8 @@ class StackedVAE(nn.Module):
         return model.to(self.encoder_head.weight.device)
 
     def select(self, keep: Sequence[int]) -> StackedVAE:
-        """A stacked model of members ``keep`` only (same values; used to drop failed members)."""
-        clone = object.__new__(StackedVAE)
-        nn.Module.__init__(clone)
-        clone.hidden_sizes, clone.min_scale = list(self.hidden_sizes), self.min_scale
-        clone.layer_names = self.layer_names
-        clone.latent_sizes = [self.latent_sizes[i] for i in keep]
-        clone.latent_size = self.latent_size
-        index = torch.tensor(list(keep), device=self.latent_mask.device)
-        clone.register_buffer("latent_mask", self.latent_mask.index_select(0, index), persistent=False)
-        clone.padded = any(size < clone.latent_size for size in clone.latent_sizes)
-
-        def take(layer: StackedLinear) -> StackedLinear:
-            return StackedLinear(
-                layer.weight.detach().index_select(0, index), layer.bias.detach().index_select(0, index)
-            )
-
-        clone.encoder_body = nn.ModuleList(take(layer) for layer in self.encoder_body)
-        clone.encoder_head = take(self.encoder_head)
-        clone.decoder_body = nn.ModuleList(take(layer) for layer in self.decoder_body)
-        clone.decoder_head = take(self.decoder_head)
-        return clone
+        """A stacked model of members ``keep`` only, padded as before (used to drop failed members)."""
+        return StackedVAE([self.member_model(i) for i in keep], latent_size=self.latent_size)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """loc and scale of q(z|x), each (G, B, padded latent); loc is exactly 0 on padded dims."""
