@@ -23,8 +23,8 @@ import torch
 from omegaconf import OmegaConf
 
 from vaecli import train as solo
-from vaecli.config import Config
-from vaecli.data import default_root, load_split
+from vaecli.config import Config, default_root
+from vaecli.data import load_split
 from vaecli.stacked import GroupSettings, Member, StackedTrainer
 
 BETAS, LATENT_SIZES = (0.0, 0.01, 0.1, 1.0), (2, 5, 10, 20)

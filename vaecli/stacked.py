@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from vaecli.objective import kl_to_standard_normal
+from vaecli.objective import EVAL_CHUNK, kl_to_standard_normal, summarize
 from vaecli.stacked_model import StackedVAE
 from vaecli.stacked_streams import NoiseStreams, StackedBatches, solo_start
-from vaecli.train import EVAL_CHUNK, eval_steps, log_steps, make_optimizer, summarize
+from vaecli.train import eval_steps, log_steps, make_optimizer
 
 EVAL_ROWS = 2048  # images x members per evaluation chunk: temporaries of ~6 MB stay cached and off mmap
 TERM_NAMES = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
