@@ -55,6 +55,7 @@ class GroupSettings:
     eval_every: int | None = None
     hidden_sizes: tuple[int, ...] = (100, 100)
     min_scale: float = 1e-4
+    fail_at_step: int | None = None  # testing aid, as the solo loop's `+fail_at_step=N`: every member fails there
 
 
 @dataclass
@@ -113,7 +114,9 @@ class StackedTrainer:
         self.running = list(range(len(self.members)))  # member number of each stack slot
         self.results = [MemberResult(member, []) for member in self.members]
         self.step = 0  # steps taken
-        self.seconds = self.eval_seconds = 0.0
+        self.seconds = self.eval_seconds = 0.0  # since step 0: training wall time (evaluations included), evaluations
+        self.last_log_step, self.last_log_seconds = 0, 0.0  # the last train rows, for images_per_s
+        self._clock = 0.0  # perf_counter() at step 0
         self._stopped: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self._eval_noise = self._make_eval_noise()
         self._refresh_constants()
@@ -147,46 +150,59 @@ class StackedTrainer:
         on_row: RowHook | None = None,
         on_failure: FailureHook | None = None,
         on_progress: ProgressHook | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> list[MemberResult]:
-        """Train every member for ``settings.steps`` steps (or until all have failed)."""
+        """Train every member for ``settings.steps`` steps, until all have failed, or until ``stop()``.
+
+        ``stop`` is asked after every step (its rows written): a stopped group can continue later
+        from :meth:`member_training_state`, as the solo loop continues from its checkpoint.
+        """
         steps = self.settings.steps
         logged, evaluated = set(log_steps(steps)), eval_steps(steps, self.settings.eval_every)
         progress_every = max(1, min(16, steps // 100))
-        batch = self.batches.batch_size
-        started = time.perf_counter()
-        last_time, last_step = started, 0
+        self._clock = time.perf_counter() - self.seconds
+        hooks = (on_row, on_failure, on_progress)
         for step in range(self.step + 1, steps + 1):
             check = step in logged or step in evaluated or step % progress_every == 0
             terms = self.train_step(step, check)
-            if not check:
-                continue
-            self._fail_non_finite(step, terms, on_failure)
-            if not self.running:
+            if step == self.settings.fail_at_step:
+                failure = Failure(step, f"RuntimeError: failing at step {step} as asked by fail_at_step")
+                self._fail(dict.fromkeys(self.running, failure), on_failure)
+            elif check:
+                self._record(step, terms, step in logged, step in evaluated, hooks)
+            self.seconds = time.perf_counter() - self._clock
+            if not self.running or (stop is not None and stop()):
                 break
-            now = time.perf_counter()
-            epoch = round(self.batches.epoch(step), 4)
-            if step in logged:
-                rate = round((step - last_step) * batch / max(now - last_time, 1e-9), 1)
-                for i, values in terms.items():
-                    if i in self.running:
-                        row = {"step": step, "epoch": epoch, "split": "train", **values}
-                        row.update(images_per_s=rate, seconds=round(now - started, 4))
-                        self._emit(i, row, on_row)
-                last_time, last_step = now, step
-            if step in evaluated:
-                eval_started = time.perf_counter()
-                for i, values in zip(self.running, self.evaluate()):
-                    row = {"step": step, "epoch": epoch, "split": "test", **values, "images_per_s": ""}
-                    row["seconds"] = round(time.perf_counter() - started, 4)
-                    self._emit(i, row, on_row)
-                spent = time.perf_counter() - eval_started
-                self.eval_seconds += spent
-                last_time += spent  # images_per_s counts training time only, as the solo loop
-            if on_progress is not None:
-                losses = {i: terms[i]["loss"] for i in self.running}
-                on_progress(step, steps, losses, step * batch / max(now - started, 1e-9))
-        self.seconds = time.perf_counter() - started
         return self.results
+
+    def _record(self, step: int, terms: dict[int, dict[str, float]], logged: bool, evaluated: bool, hooks) -> None:
+        """A check step: failures, its train rows, a test evaluation, the progress hook."""
+        on_row, on_failure, on_progress = hooks
+        self._fail_non_finite(step, terms, on_failure)
+        if not self.running:
+            return
+        batch, now = self.batches.batch_size, time.perf_counter()
+        epoch = round(self.batches.epoch(step), 4)
+        if logged:
+            since = now - (self._clock + self.last_log_seconds)
+            rate = round((step - self.last_log_step) * batch / max(since, 1e-9), 1)
+            for i in self.running:
+                row = {"step": step, "epoch": epoch, "split": "train", **terms[i]}
+                row.update(images_per_s=rate, seconds=round(now - self._clock, 4))
+                self._emit(i, row, on_row)
+            self.last_log_step, self.last_log_seconds = step, now - self._clock
+        if evaluated:
+            eval_started = time.perf_counter()
+            for i, values in zip(self.running, self.evaluate()):
+                row = {"step": step, "epoch": epoch, "split": "test", **values, "images_per_s": ""}
+                row["seconds"] = round(time.perf_counter() - self._clock, 4)
+                self._emit(i, row, on_row)
+            spent = time.perf_counter() - eval_started
+            self.eval_seconds += spent
+            self.last_log_seconds += spent  # images_per_s counts training time only, as the solo loop
+        if on_progress is not None:
+            losses = {i: terms[i]["loss"] for i in self.running}
+            on_progress(step, self.settings.steps, losses, step * batch / max(now - self._clock, 1e-9))
 
     def _emit(self, member: int, row: dict[str, Any], on_row: RowHook | None) -> None:
         self.results[member].rows.append(row)
@@ -260,10 +276,13 @@ class StackedTrainer:
             elif not finite_weights[slot]:
                 failed[i] = Failure(step, f"weights became non-finite at step {step}; try a smaller train.lr")
         if failed:
-            self.drop(failed)
-            if on_failure is not None:
-                for i, failure in failed.items():
-                    on_failure(i, failure)
+            self._fail(failed, on_failure)
+
+    def _fail(self, failed: dict[int, Failure], on_failure: FailureHook | None) -> None:
+        self.drop(failed)
+        if on_failure is not None:
+            for i, failure in failed.items():
+                on_failure(i, failure)
 
     def _finite_weights(self) -> list[bool]:
         ok = torch.ones(len(self.running), dtype=torch.bool, device=self.device)
@@ -321,6 +340,30 @@ class StackedTrainer:
     def member_shuffle_state(self, i: int) -> torch.Tensor:
         """The shuffle generator state member i's solo run would have now (train.TrainResult.shuffle_state)."""
         return self.batches.shuffle_state(self.members[i].seed)
+
+    def member_training_state(self, i: int) -> dict[str, Any]:
+        """Where member i's loop stands, shaped as the solo loop's checkpoint ``training`` block.
+
+        With its weights, Adam state and RNG states this is all a loop needs to continue member i
+        from step :attr:`step`, alone or in a group.
+        """
+        seed = self.members[i].seed
+        order = self.batches.order(seed)
+        position = {
+            "step": self.step,
+            "seconds": self.seconds,
+            "eval_seconds": self.eval_seconds,
+            "last_log_step": self.last_log_step,
+            "last_log_seconds": self.last_log_seconds,
+            "rows": len(self.results[i].rows),
+        }
+        return {
+            "position": position,
+            "total_steps": self.settings.steps,
+            "epoch": self.batches.epoch(self.step),
+            "images": len(self.train_images),
+            "order": None if order is None else order.to(torch.int32),
+        }
 
     def member_noise_state(self, i: int) -> torch.Tensor | None:
         """Member i's noise generator state: the global CPU RNG state its solo run would have now."""

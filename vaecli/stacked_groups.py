@@ -69,4 +69,5 @@ def settings_of(cfg: Any, examples: int) -> GroupSettings:
         eval_every=cfg.train.eval_every,
         hidden_sizes=tuple(int(size) for size in cfg.model.hidden_sizes),
         min_scale=float(cfg.model.min_scale),
+        fail_at_step=cfg.get("fail_at_step"),
     )

@@ -77,6 +77,12 @@ class StackedBatches:
     def epoch(self, step: int) -> float:
         return step / self.per_epoch
 
+    def order(self, seed: int) -> torch.Tensor | None:
+        """This epoch's order of the member with ``seed`` (None before the first shuffle or without shuffling)."""
+        if self.orders is None or seed not in self.seeds:
+            return None
+        return self.orders[self.seeds.index(seed)]
+
     def shuffle_state(self, seed: int) -> torch.Tensor:
         """The shuffle generator state a solo run with ``seed`` would have now (for resume)."""
         return self.generators[seed].get_state()
