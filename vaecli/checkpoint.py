@@ -48,9 +48,11 @@ def save(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     step: int,
-    rng: dict[str, torch.Tensor],
+    rng: dict[str, Any],
     final: dict | None = None,
+    training: dict | None = None,
 ) -> None:
+    """Write a checkpoint; ``training`` (the loop's position, from :mod:`vaecli.train`) lets a run continue."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -60,6 +62,7 @@ def save(
         "optimizer": to_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "rng": to_cpu(rng),
         "final": final or {},
+        "training": to_cpu(training),
     }
     atomic_save(payload, path)
 
