@@ -85,12 +85,12 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     sweeping = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
     fingerprint = config_hash(cfg)
     if sweeping:
-        done = run_folder.read_result(out_dir)
-        if done and done.get("status") == "ok" and done.get("config_hash") == fingerprint:
+        done = completed(cfg, out_dir)
+        if done:
             log.info("already completed with this config; skipped")
             return done
     started = time.time()
-    where = {"slurm_job_id": slurm_job_id(), "host": os.uname().nodename, "pid": os.getpid()}
+    where = provenance()
     run_folder.write_result(out_dir, status="running", started=started, config_hash=fingerprint, **where)
     threads = threads_for(cfg.threads, hydra_cfg.launcher if sweeping else None)
     try:
@@ -109,6 +109,17 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     return {"status": "ok", **result}
 
 
+def completed(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The result of a run of this very config that already completed in ``out_dir`` (a sweep skips it)."""
+    done = run_folder.read_result(out_dir)
+    return done if done and done.get("status") == "ok" and done.get("config_hash") == config_hash(cfg) else None
+
+
+def provenance() -> dict[str, Any]:
+    """Where a run ran, for its result.json."""
+    return {"slurm_job_id": slurm_job_id(), "host": os.uname().nodename, "pid": os.getpid()}
+
+
 def config_hash(cfg: DictConfig) -> str:
     """What decides a run's results: the resolved config without where and how fast it runs."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -122,7 +133,6 @@ def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bo
     import torch
     from rich.console import Console
 
-    from vaecli import checkpoint
     from vaecli.train import train as train_loop
 
     torch.set_num_threads(threads)
@@ -136,19 +146,31 @@ def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bo
 
     with TrainingProgress(console, enabled=interactive and cfg.train.progress) as progress:
         result = train_loop(cfg, out_dir, on_progress=progress.update if progress.enabled else None, say=say)
+    summary = save_run(cfg, out_dir, result, rng={"torch": torch.get_rng_state(), "shuffle": result.shuffle_state})
+    if interactive:
+        print_summary(Console(), result.final, out_dir, result.steps, result.seconds)
+    log.info("wrote %s", out_dir)
+    return summary
+
+
+def save_run(cfg: DictConfig, out_dir: Path, result, rng: dict[str, Any], training: dict | None = None) -> dict:
+    """A trained model's checkpoint.pt and figures; returns result.json's summary fields.
+
+    ``result`` is a :class:`vaecli.train.TrainResult`; batched sweep members come through here too.
+    """
+    from vaecli import checkpoint
+
     checkpoint.save(
         out_dir / run_folder.CHECKPOINT,
         config=OmegaConf.to_container(cfg, resolve=True),
         model=result.model,
         optimizer=result.optimizer,
         step=result.steps,
-        rng={"torch": torch.get_rng_state(), "shuffle": result.shuffle_state},
+        rng=rng,
         final=result.final,
+        training=training,
     )
     draw_run_figures(result, out_dir, cfg)
-    if interactive:
-        print_summary(Console(), result.final, out_dir, result.steps, result.seconds)
-    log.info("wrote %s", out_dir)
     return {"steps": result.steps, "train_seconds": round(result.seconds, 3), "final": result.final}
 
 
