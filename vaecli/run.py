@@ -153,8 +153,10 @@ def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bo
     return summary
 
 
-def save_run(cfg: DictConfig, out_dir: Path, result, rng: dict[str, Any], training: dict | None = None) -> dict:
-    """A trained model's checkpoint.pt and figures; returns result.json's summary fields.
+def save_run(
+    cfg: DictConfig, out_dir: Path, result, rng: dict[str, Any], training: dict | None = None, figures: bool = True
+) -> dict:
+    """A trained model's checkpoint.pt and (with ``figures``) its figures; returns result.json's summary fields.
 
     ``result`` is a :class:`vaecli.train.TrainResult`; batched sweep members come through here too.
     """
@@ -170,7 +172,8 @@ def save_run(cfg: DictConfig, out_dir: Path, result, rng: dict[str, Any], traini
         final=result.final,
         training=training,
     )
-    draw_run_figures(result, out_dir, cfg)
+    if figures:
+        draw_run_figures(result, out_dir, cfg)
     return {"steps": result.steps, "train_seconds": round(result.seconds, 3), "final": result.final}
 
 

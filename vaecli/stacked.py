@@ -62,6 +62,10 @@ class GroupSettings:
 class Failure:
     step: int
     message: str
+    kind: str = "TrainingDiverged"  # the exception the solo loop raises for the same failure
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"  # as a solo run's result.json words its error
 
 
 @dataclass
@@ -166,7 +170,7 @@ class StackedTrainer:
             check = step in logged or step in evaluated or step % progress_every == 0
             terms = self.train_step(step, check)
             if step == self.settings.fail_at_step:
-                failure = Failure(step, f"RuntimeError: failing at step {step} as asked by fail_at_step")
+                failure = Failure(step, f"failing at step {step} as asked by fail_at_step", "RuntimeError")
                 self._fail(dict.fromkeys(self.running, failure), on_failure)
             elif check:
                 self._record(step, terms, step in logged, step in evaluated, hooks)

@@ -130,6 +130,7 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
     )
     preflight(sweep_plan.configs)
     write_plan(sweep_plan)
+    (sweep_plan.sweep_dir / run_folder.GROUPS_JSON).unlink(missing_ok=True)  # the batched launcher writes it anew
     launch_error = None
     with Monitor(sweep_plan.sweep_dir, len(sweep_plan.members), console):
         try:
@@ -159,7 +160,11 @@ def write_plan(sweep_plan: SweepPlan) -> None:
 
 
 class Monitor:
-    """Polls member folders for their status and drives a rich progress bar."""
+    """Polls member folders for their status and drives a rich progress bar.
+
+    Under the batched launcher it also reads groups.json: which group trains and at which step, so
+    the bar moves (and the ETA holds) while a group's members all finish at its last step.
+    """
 
     def __init__(self, sweep_dir: Path, total: int, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -170,12 +175,13 @@ class Monitor:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[running]} running"),
+            TextColumn("{task.fields[groups]}"),
             TimeRemainingColumn(),
             console=console,
             redirect_stderr=False,
             redirect_stdout=False,
         )
-        self.task_id = self.progress.add_task("members", total=total, ok=0, failed=0, running=0)
+        self.task_id = self.progress.add_task("members", total=total, ok=0, failed=0, running=0, groups="")
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -196,7 +202,9 @@ class Monitor:
 
     def refresh(self) -> None:
         counts = self.counts()
-        self.progress.update(self.task_id, completed=counts["ok"] + counts["failed"], **counts)
+        text, running_share = group_progress(self.sweep_dir)
+        done = counts["ok"] + counts["failed"] + counts["running"] * running_share
+        self.progress.update(self.task_id, completed=done, groups=text, **counts)
 
     def __enter__(self) -> Monitor:
         self.progress.start()
@@ -208,6 +216,21 @@ class Monitor:
         self.thread.join()
         self.refresh()
         self.progress.stop()
+
+
+def group_progress(sweep_dir: Path) -> tuple[str, float]:
+    """The batched launcher's groups as a few words, and how far its running group has got (0 to 1)."""
+    groups = run_folder.read_groups(sweep_dir)
+    if not groups:
+        return "", 0.0
+    running = [(number, group) for number, group in enumerate(groups) if group.get("state") == "running"]
+    finished = sum(group.get("state") == "done" for group in groups)
+    if not running:
+        return f"{finished} of {len(groups)} groups done", 0.0
+    number, group = running[0]
+    step, steps = group.get("step") or 0, group.get("steps") or 0
+    share = step / steps if steps else 0.0
+    return f"group {number + 1} of {len(groups)} ({len(group['members'])} members) at step {step}/{steps}", share
 
 
 def wait_for_scheduler(sweep_dir: Path, timeout_s: float = 3600) -> None:
