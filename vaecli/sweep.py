@@ -93,6 +93,9 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     members = expand_sweep(task)
     configs = [compose([*member, *hydra_part], with_hydra=True) for member in members]
     composed = configs[0]
+    max_group = OmegaConf.select(composed, "hydra.launcher.max_group")  # the batched launcher's
+    if max_group is not None and max_group < 1:
+        raise UsageError(f"hydra.launcher.max_group={max_group} is not allowed: a group holds at least 1 member")
     swept = {override_key(item) for item in task if is_sweep(item)}
     fixed = [override_key(item) for item in task if override_key(item) not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
