@@ -21,6 +21,7 @@ sys.modules first, so it cannot use ``from __future__ import annotations`` (data
 import copy
 import logging
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,7 +137,6 @@ class BatchedLauncher(Launcher):
                 for k in group:
                     log.info(f"\tgroup {number + 1}, #{jobs[k].idx} : {' '.join(filter_overrides(jobs[k].overrides))}")
                 returns.update(zip(group, self.train_group(number, [jobs[k] for k in group], board, stop, data)))
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [returns[k] for k in range(len(jobs))]
 
     def job(self, idx: int, overrides: Sequence[str]) -> Job:
@@ -179,15 +179,18 @@ class BatchedLauncher(Launcher):
         from vaecli.stacked_run import GroupRun, start_member
 
         assert self.config is not None
+        started = time.perf_counter()
         starts = [self.run(job, start_member, callbacks=False).return_value for job in jobs]
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the sweep's log while training
         threads = threads_for(jobs[0].cfg.threads, self.config.hydra.launcher)
         group = GroupRun([job.cfg for job in jobs], starts, threads, data)
         board.state(number, "running")
         try:
+            trained = time.perf_counter()
             if not group.train(stop.requested, partial(board.step, number)):
                 group.interrupt(stop.name, consistent=True)
                 raise KeyboardInterrupt(f"stopped by {stop.name}")
+            finishing = time.perf_counter()
             returns = [self.run(job, partial(group.finish, i)) for i, job in enumerate(jobs)]
         except KeyboardInterrupt:
             group.interrupt(stop.name, consistent=False)  # members not yet recorded
@@ -196,4 +199,7 @@ class BatchedLauncher(Launcher):
         finally:
             group.close()
         board.state(number, "done")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        seconds = [trained - started, finishing - trained, time.perf_counter() - finishing]
+        log.info("group %d: members set up in %.1f s, trained in %.1f s, their files in %.1f s", number + 1, *seconds)
         return returns
