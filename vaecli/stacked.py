@@ -352,7 +352,7 @@ class StackedTrainer:
         from step :attr:`step`, alone or in a group.
         """
         seed = self.members[i].seed
-        order = self.batches.order(seed)
+        order = self.batches.order_of(seed)
         position = {
             "step": self.step,
             "seconds": self.seconds,

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vaecli.data import Batches
 from vaecli.model import VAE
 
 
@@ -32,56 +33,45 @@ def solo_start(
     return model, noise
 
 
-class StackedBatches:
+class StackedBatches(Batches):
     """The members' batches, each with data.Batches' semantics and its own shuffle generator.
 
     Members with the same seed share one order (as their solo runs would), so when every member
-    has the same seed, or shuffling is off, a batch is one (B, 784) tensor that all members read.
+    has the same seed, or shuffling is off, a batch is one (B, 784) tensor that all members read;
+    otherwise it is (G, B, 784). ``order`` holds each seed's order this epoch, one row per seed in :attr:`seeds`.
     """
 
     def __init__(self, images: torch.Tensor, batch_size: int, shuffle: bool, seeds: Sequence[int]):
-        self.images = images
-        self.batch_size = min(batch_size, len(images))
-        self.per_epoch = len(images) // self.batch_size
-        self.shuffle = shuffle
+        super().__init__(images, batch_size, shuffle, generator=torch.Generator())
         self.seeds = sorted(set(seeds))
         self.generators = {seed: torch.Generator().manual_seed(seed) for seed in self.seeds}
-        self.orders: torch.Tensor | None = None  # (len(self.seeds), n): each seed's order this epoch
         self.select(seeds)
 
     def select(self, seeds: Sequence[int]) -> None:
         """Serve the members whose seeds are ``seeds`` (in slot order); used when members drop out."""
         kept = sorted(set(seeds))
-        if self.orders is not None:
-            self.orders = self.orders[[self.seeds.index(seed) for seed in kept]]
+        if self.order is not None:
+            self.order = self.order[[self.seeds.index(seed) for seed in kept]]
         self.seeds = kept
         self.member_seeds = list(seeds)
         self.rows = torch.tensor([kept.index(seed) for seed in seeds], device=self.images.device)
         self.shared = not self.shuffle or len(kept) == 1
 
-    def batch(self, step: int) -> torch.Tensor:
-        """(B, 784) when every member reads the same batch, else (G, B, 784)."""
-        position = (step - 1) % self.per_epoch
-        start = position * self.batch_size
-        if not self.shuffle:
-            return self.images[start : start + self.batch_size]
-        if position == 0 or self.orders is None:
-            orders = [torch.randperm(len(self.images), generator=self.generators[seed]) for seed in self.seeds]
-            self.orders = torch.stack(orders).to(self.images.device)
-        window = self.orders[:, start : start + self.batch_size]
+    def new_order(self) -> torch.Tensor:
+        orders = [torch.randperm(len(self.images), generator=self.generators[seed]) for seed in self.seeds]
+        return torch.stack(orders).to(self.images.device)
+
+    def take(self, window: torch.Tensor) -> torch.Tensor:
         if self.shared:
             return self.images.index_select(0, window[self.rows[0]])
         rows = window.index_select(0, self.rows).reshape(-1)
         return self.images.index_select(0, rows).view(len(self.member_seeds), self.batch_size, -1)
 
-    def epoch(self, step: int) -> float:
-        return step / self.per_epoch
-
-    def order(self, seed: int) -> torch.Tensor | None:
+    def order_of(self, seed: int) -> torch.Tensor | None:
         """This epoch's order of the member with ``seed`` (None before the first shuffle or without shuffling)."""
-        if self.orders is None or seed not in self.seeds:
+        if self.order is None or seed not in self.seeds:
             return None
-        return self.orders[self.seeds.index(seed)]
+        return self.order[self.seeds.index(seed)]
 
     def shuffle_state(self, seed: int) -> torch.Tensor:
         """The shuffle generator state a solo run with ``seed`` would have now (for resume)."""
