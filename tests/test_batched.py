@@ -7,6 +7,7 @@ inspection command opens, failure isolation, interruption, --report and resume.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import torch
 
 from tests.conftest import invoke
 from vaecli import checkpoint, run_folder
+from vaecli.stacked_run import FileHelpers, fork_helper, reap
 from vaecli.sweep import group_progress
 
 GRID = ["beta=0,0.5", "latent_size=2,10"]
@@ -50,8 +52,10 @@ def result_of(member: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def batched_sweep(tmp_path_factory, runner, tiny):
+    """The grid as one group, with two threads: one forked helper writes half of the members' files."""
     sweep_dir = tmp_path_factory.mktemp("batched") / "sweep"
-    result = sweep(runner, tiny, sweep_dir, *GRID)
+    two_threads = [item for item in tiny if not item.startswith("threads=")] + ["threads=2"]
+    result = sweep(runner, two_threads, sweep_dir, *GRID)
     assert result.exit_code == 0, result.output
     return sweep_dir, result
 
@@ -196,6 +200,28 @@ def test_a_signal_records_every_unfinished_member(tiny, tmp_path, signum):
             "rerun the sweep to train it"
         )
     assert set(pd.read_csv(sweep_dir / "sweep.csv").status) == {"failed"}
+
+
+def test_file_helpers_write_a_share_each_and_failures_fall_back_here(tmp_path):
+    def write(i: int) -> None:
+        if i == 5:
+            raise RuntimeError("a helper that fails after its first member")
+        (tmp_path / f"{i}-{os.getpid()}").write_text("")
+
+    helpers = FileHelpers(write, [0, 1, 2, 3, 4, 5], workers=2)
+    assert helpers.order(range(6)) == [0, 3, 1, 2, 4, 5]  # this process's share (0, 3) first
+    assert [helpers.written(i) for i in (1, 2, 4, 5)] == [True, False, True, False]
+    assert not helpers.written(0)  # this process's own
+    pids = {int(path.name.split("-")[1]) for path in tmp_path.iterdir()}
+    assert sorted(int(path.name.split("-")[0]) for path in tmp_path.iterdir()) == [1, 2, 4]
+    assert os.getpid() not in pids and len(pids) == 2
+    assert FileHelpers(write, [0, 1], workers=0).order(range(2)) == [0, 1]
+
+
+def test_a_hanging_helper_is_stopped(tmp_path):
+    pid = fork_helper(lambda i: time.sleep(60), [0])
+    started = time.monotonic()
+    assert not reap(pid, timeout=0.5) and time.monotonic() - started < 10
 
 
 def test_the_progress_line_names_the_running_group(tmp_path):

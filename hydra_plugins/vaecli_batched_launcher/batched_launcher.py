@@ -134,6 +134,8 @@ class BatchedLauncher(Launcher):
         stop, data = StopRequests(), {}  # data: the images, loaded once per dataset
         with stop.installed():
             for number, group in enumerate(groups):
+                if stop.requested():  # stopped while a group wrote its files: start no other group
+                    raise KeyboardInterrupt(f"stopped by {stop.name}")
                 for k in group:
                     log.info(f"\tgroup {number + 1}, #{jobs[k].idx} : {' '.join(filter_overrides(jobs[k].overrides))}")
                 returns.update(zip(group, self.train_group(number, [jobs[k] for k in group], board, stop, data)))
@@ -191,7 +193,8 @@ class BatchedLauncher(Launcher):
                 group.interrupt(stop.name, consistent=True)
                 raise KeyboardInterrupt(f"stopped by {stop.name}")
             finishing = time.perf_counter()
-            returns = [self.run(job, partial(group.finish, i)) for i, job in enumerate(jobs)]
+            finished = {i: self.run(jobs[i], partial(group.finish, i)) for i in group.start_helpers(threads - 1)}
+            returns = [finished[i] for i in range(len(jobs))]
         except KeyboardInterrupt:
             group.interrupt(stop.name, consistent=False)  # members not yet recorded
             board.state(number, "stopped")
