@@ -72,9 +72,16 @@ class Batches:
         if not self.shuffle:
             return self.images[start : start + self.batch_size]
         if position == 0 or self.order is None:
-            # drawn on the CPU generator (the same order on every device), used where the images are
-            self.order = torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
-        return self.images.index_select(0, self.order[start : start + self.batch_size])
+            self.order = self.new_order()
+        return self.take(self.order[..., start : start + self.batch_size])
+
+    def new_order(self) -> torch.Tensor:
+        """This epoch's order: drawn on the CPU generator (the same on every device), kept where the images are."""
+        return torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
+
+    def take(self, window: torch.Tensor) -> torch.Tensor:
+        """The images at ``window``, a slice of this epoch's order."""
+        return self.images.index_select(0, window)
 
     def epoch(self, step: int) -> float:
         """Epochs completed after ``step`` steps."""

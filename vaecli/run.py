@@ -147,7 +147,7 @@ def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> d
     """One run (or sweep member) in ``out_dir``: skipped, started, or continued from its checkpoint."""
     fingerprint = config_hash(cfg)
     previous = run_folder.read_result(out_dir)
-    if sweeping and previous and previous.get("status") == "ok" and previous.get("config_hash") == fingerprint:
+    if sweeping and completed(cfg, out_dir):
         log.info("already completed with this config; skipped")
         return previous
     if sweeping and STOP.requested():  # the sweep is stopping: start no member
@@ -156,8 +156,7 @@ def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> d
         return {"status": "interrupted"}
     resume = resuming.resume_point(cfg, out_dir, previous, sweeping)
     started = time.time()
-    where = {"slurm_job_id": slurm_job_id(), "host": os.uname().nodename, "pid": os.getpid()}
-    record = {"config_hash": fingerprint, **where, "resumed_from": int(resume["step"]) if resume else 0}
+    record = {"config_hash": fingerprint, **run_place(), "resumed_from": int(resume["step"]) if resume else 0}
     run_folder.write_result(out_dir, status="running", started=started, **record)
 
     def write(status: str, **fields: Any) -> None:
@@ -180,6 +179,17 @@ def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> d
             return {"status": "failed", "error": message}
         raise
     return result
+
+
+def completed(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The result of a run of this very config that already completed in ``out_dir`` (a sweep skips it)."""
+    done = run_folder.read_result(out_dir)
+    return done if done and done.get("status") == "ok" and done.get("config_hash") == config_hash(cfg) else None
+
+
+def run_place() -> dict[str, Any]:
+    """Where a run ran, for its result.json."""
+    return {"slurm_job_id": slurm_job_id(), "host": os.uname().nodename, "pid": os.getpid()}
 
 
 def run_logger(cfg: DictConfig, out_dir: Path) -> AbstractContextManager[Any]:
@@ -242,6 +252,31 @@ def train_and_save(
     write("ok", **outcome, final=result.final)
     log.info("wrote %s", out_dir)
     return {"status": "ok", **outcome, "final": result.final}
+
+
+def save_run(
+    cfg: DictConfig, out_dir: Path, result, rng: dict[str, Any], training: dict | None = None, figures: bool = True
+) -> dict:
+    """A trained model's checkpoint.pt and (with ``figures``) its figures; returns result.json's summary fields.
+
+    For models trained outside :func:`vaecli.train.train` (batched sweep members), whose loop does not
+    save its own checkpoints; ``result`` has a :class:`vaecli.train.TrainResult`'s fields.
+    """
+    from vaecli import checkpoint
+
+    checkpoint.save(
+        out_dir / run_folder.CHECKPOINT,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        model=result.model,
+        optimizer=result.optimizer,
+        step=result.steps,
+        rng=rng,
+        final=result.final,
+        training=training,
+    )
+    if figures:
+        draw_run_figures(result, out_dir, cfg)
+    return {"steps": result.steps, "train_seconds": round(result.seconds, 3), "final": result.final}
 
 
 class TrainingProgress:

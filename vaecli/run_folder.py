@@ -42,6 +42,7 @@ STOP_FILE = ".stop"  # written by `vae sweep` on SIGINT/SIGTERM (the signal's na
 # hydra/sweeper=optuna: the search's best trial, written by hydra_plugins/vaecli_optuna_sweeper/_study.py
 # (RESULTS_NAME there, the name Hydra's own Optuna plugin uses)
 BEST_TRIAL_YAML = "optimization_results.yaml"
+GROUPS_JSON = "groups.json"  # the batched launcher's groups of members and how far each has got
 MONTAGE_SOURCES = (RECONSTRUCTIONS_PNG, TRAVERSAL_PNG)
 
 
@@ -51,13 +52,31 @@ def montage_name(image_name: str) -> str:
 
 
 def write_result(run_dir: Path, **fields: Any) -> None:
-    payload = json.dumps(fields, indent=2, default=str) + "\n"
-    atomic_write_bytes(run_dir / RESULT_JSON, payload.encode())
+    write_json(run_dir / RESULT_JSON, fields)
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(run_dir / RESULT_JSON)
+
+
+def write_groups(sweep_dir: Path, groups: list[dict[str, Any]]) -> None:
+    write_json(sweep_dir / GROUPS_JSON, {"groups": groups})
+
+
+def read_groups(sweep_dir: Path) -> list[dict[str, Any]] | None:
+    """The batched launcher's groups (members, state, step, steps), or None for other launchers."""
+    payload = read_json(sweep_dir / GROUPS_JSON)
+    return payload.get("groups") if isinstance(payload, dict) else None
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Written whole or not at all, so a reader polling it never sees half a file."""
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((run_dir / RESULT_JSON).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 

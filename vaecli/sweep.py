@@ -114,6 +114,9 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
         members = checked = expand_sweep(task)
         swept, total = {override_key(item) for item in task if is_sweep(item)}, len(members)
     configs = [compose([*member, *hydra_part], with_hydra=True) for member in checked]
+    max_group = OmegaConf.select(composed, "hydra.launcher.max_group")  # the batched launcher's
+    if max_group is not None and max_group < 1:
+        raise UsageError(f"hydra.launcher.max_group={max_group} is not allowed: a group holds at least 1 member")
     fixed = [override_key(item) for item in task if override_key(item) not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
     if fixed and not has_key(hydra_part, exclude_key):
@@ -182,6 +185,7 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         stop_file.write_text(signal_name(signum) + "\n")
         console.print(f"[yellow]{signal_name(signum)}: members save a checkpoint and stop; again to quit at once[/]")
 
+    (sweep_plan.sweep_dir / run_folder.GROUPS_JSON).unlink(missing_ok=True)  # the batched launcher writes it anew
     launch_error = None
     with STOP.installed(on_request=stop_members), Monitor(sweep_plan.sweep_dir, sweep_plan.total, console):
         try:
@@ -226,7 +230,11 @@ def write_plan(sweep_plan: SweepPlan) -> None:
 
 
 class Monitor:
-    """Polls member folders for their status and drives a rich progress bar."""
+    """Polls member folders for their status and drives a rich progress bar.
+
+    Under the batched launcher it also reads groups.json: which group trains and at which step, so
+    the bar moves (and the ETA holds) while a group's members all finish at its last step.
+    """
 
     def __init__(self, sweep_dir: Path, total: int, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -240,12 +248,15 @@ class Monitor:
                 "{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[interrupted]} interrupted, "
                 "{task.fields[running]} running"
             ),
+            TextColumn("{task.fields[groups]}"),
             TimeRemainingColumn(),
             console=console,
             redirect_stderr=False,
             redirect_stdout=False,
         )
-        self.task_id = self.progress.add_task("members", total=total, ok=0, failed=0, interrupted=0, running=0)
+        self.task_id = self.progress.add_task(
+            "members", total=total, ok=0, failed=0, interrupted=0, running=0, groups=""
+        )
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -266,8 +277,9 @@ class Monitor:
 
     def refresh(self) -> None:
         counts = self.counts()
-        done = counts["ok"] + counts["failed"] + counts["interrupted"]
-        self.progress.update(self.task_id, completed=done, **counts)
+        text, running_share = group_progress(self.sweep_dir)
+        done = counts["ok"] + counts["failed"] + counts["interrupted"] + counts["running"] * running_share
+        self.progress.update(self.task_id, completed=done, groups=text, **counts)
 
     def __enter__(self) -> Monitor:
         self.progress.start()
@@ -279,6 +291,21 @@ class Monitor:
         self.thread.join()
         self.refresh()
         self.progress.stop()
+
+
+def group_progress(sweep_dir: Path) -> tuple[str, float]:
+    """The batched launcher's groups as a few words, and how far its running group has got (0 to 1)."""
+    groups = run_folder.read_groups(sweep_dir)
+    if not groups:
+        return "", 0.0
+    running = [(number, group) for number, group in enumerate(groups) if group.get("state") == "running"]
+    finished = sum(group.get("state") == "done" for group in groups)
+    if not running:
+        return f"{finished} of {len(groups)} groups done", 0.0
+    number, group = running[0]
+    step, steps = group.get("step") or 0, group.get("steps") or 0
+    share = step / steps if steps else 0.0
+    return f"group {number + 1} of {len(groups)} ({len(group['members'])} members) at step {step}/{steps}", share
 
 
 def wait_for_scheduler(sweep_dir: Path, timeout_s: float = 3600) -> None:
