@@ -276,7 +276,12 @@ def save_run(
     )
     if figures:
         draw_run_figures(result, out_dir, cfg)
-    return {"steps": result.steps, "train_seconds": round(result.seconds, 3), "final": result.final}
+    return {
+        "step": result.steps,
+        "steps": result.total,
+        "train_seconds": round(result.seconds, 3),
+        "final": result.final,
+    }
 
 
 class TrainingProgress:

@@ -157,7 +157,7 @@ class GroupRun:
         start = self.starts[i]
         self.errors[i] = error
         seconds = round(time.time() - start.started, 3)
-        record = {"error": error, "seconds": seconds, "config_hash": start.fingerprint, **self.where}
+        record = {"error": error, "seconds": seconds, "config_hash": start.fingerprint, **self.where, "resumed_from": 0}
         run_folder.write_result(start.out_dir, status="failed", **record, traceback=detail)
         self.loggers[i].error("run failed: %s", error)
 
@@ -192,7 +192,8 @@ class GroupRun:
             return {"status": "failed", "error": self.errors[i]}
         try:
             if self.helpers.written(i):  # the summary save_run returns
-                summary = {"steps": self.trainer.step, "train_seconds": round(self.trainer.seconds, 3)}
+                summary = {"step": self.trainer.step, "steps": self.settings.steps}
+                summary["train_seconds"] = round(self.trainer.seconds, 3)
                 summary["final"] = self.trainer.results[i].final
             else:
                 summary = self.save(i)
@@ -201,7 +202,7 @@ class GroupRun:
             return {"status": "failed", "error": self.errors[i]}
         log.info("wrote %s", start.out_dir)
         seconds = round(time.time() - start.started, 3)
-        record = {"seconds": seconds, "config_hash": start.fingerprint, **self.where, **summary}
+        record = {"seconds": seconds, "config_hash": start.fingerprint, **self.where, "resumed_from": 0, **summary}
         run_folder.write_result(start.out_dir, status="ok", **record)
         self.finished.add(i)
         return {"status": "ok", **summary}
