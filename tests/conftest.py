@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -20,6 +21,19 @@ from vaecli.datasets import DATASETS, ensure_dataset
 def data_root() -> Path:
     root = default_root()
     ensure_dataset(DATASETS["mnist"], root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gz_root(tmp_path_factory, data_root: Path) -> Path:
+    """torchvision's layout before extraction: only the downloaded .gz files under <root>/MNIST/raw."""
+    from vaecli.datasets import IDX_FILES, MNIST
+
+    root = tmp_path_factory.mktemp("gz")
+    raw = MNIST.raw_dir(root)
+    raw.mkdir(parents=True)
+    for name in IDX_FILES:
+        (raw / f"{name}.gz").write_bytes(gzip.compress((MNIST.raw_dir(data_root) / name).read_bytes(), 1))
     return root
 
 

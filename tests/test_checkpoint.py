@@ -71,3 +71,39 @@ def test_atomic_save_leaves_old_file_intact_on_failure(tmp_path):
         checkpoint.atomic_save({"value": Unsaveable()}, path)
     assert torch.load(path, weights_only=True)["value"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_format_versions_up_to_this_one_load_and_newer_are_refused(trained_run, tmp_path, monkeypatch):
+    payload = checkpoint.load(trained_run)
+    monkeypatch.setattr(checkpoint, "VERSION", 3)  # as after two format changes
+    for version, readable in ((1, True), (3, True), (4, False), (0, False), ("2", False), (None, False)):
+        payload["version"] = version
+        torch.save(payload, tmp_path / "c.pt")
+        if readable:
+            assert checkpoint.load(tmp_path / "c.pt")["version"] == version
+        else:
+            with pytest.raises(checkpoint.CheckpointError, match="is newer than this vaecli reads \\(3\\)|no valid"):
+                checkpoint.load(tmp_path / "c.pt")
+
+
+def test_non_finite_weights_never_replace_a_checkpoint(trained_run, tmp_path):
+    loaded = checkpoint.load_model(trained_run, "cpu")
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes((trained_run / "checkpoint.pt").read_bytes())
+    before = path.read_bytes()
+    assert checkpoint.weights_are_finite(loaded.model)
+    with torch.no_grad():
+        next(loaded.model.decoder.parameters())[0, 0] = float("nan")
+    assert not checkpoint.weights_are_finite(loaded.model)
+    with pytest.raises(checkpoint.NonFiniteWeights, match="last good checkpoint is kept"):
+        checkpoint.save(path, config={}, model=loaded.model, optimizer=None, step=41, rng={})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_finiteness_check_sees_nan_and_both_infinities_but_not_large_values(trained_run):
+    model = checkpoint.load_model(trained_run, "cpu").model
+    weight = next(model.encoder.parameters())
+    for value, finite in ((3e38, True), (float("inf"), False), (-float("inf"), False), (float("nan"), False)):
+        with torch.no_grad():
+            weight[0, 0] = value
+        assert checkpoint.weights_are_finite(model) is finite, value

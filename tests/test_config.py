@@ -60,6 +60,12 @@ BAD_INPUTS = [
     ("data=cifar", "no config 'data/cifar'; choose one of: fashion_mnist, mnist"),
     ("model.hidden_sizes=[a]", "bad value for model.hidden_sizes[0]"),
     ("beta=0,1", "`vae sweep` runs one model per value"),
+    ("beta=nan", "beta=nan is not allowed: beta must be a finite number"),
+    ("beta=inf", "beta=inf is not allowed: beta must be a finite number"),
+    ("train.lr=inf", "train.lr=inf is not allowed: train.lr must be a finite number"),
+    ("train.lr=nan", "train.lr=nan is not allowed: train.lr must be a finite number"),
+    ("model.min_scale=inf", "model.min_scale=inf is not allowed"),
+    ("train.epochs=nan", "train.epochs=nan is not allowed"),
 ]
 
 
@@ -76,6 +82,14 @@ def test_bad_input_is_one_line_and_exit_code_2(runner, tmp_path, override, messa
 def test_value_rules_raise_usage_errors_naming_the_key():
     with pytest.raises(UsageError, match="train.steps"):
         compose(["train.steps=0"])
+
+
+def test_every_float_setting_must_be_finite(runner, tiny, tmp_path):
+    result = invoke(runner, "sweep", *tiny, "beta=0,nan", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.exit_code == 2 and "beta=nan is not allowed" in result.stderr
+    assert not (tmp_path / "sweep").exists()
+    with pytest.raises(UsageError, match="extra=inf is not allowed"):
+        compose(["+extra=inf"])
 
 
 def test_real_process_gives_no_traceback_and_leaves_no_folder(tmp_path):

@@ -229,6 +229,22 @@ def configless(trained_run: Path, tmp_path: Path) -> Path:
     return tmp_path / "configless.pt"
 
 
+def newer(trained_run: Path, tmp_path: Path) -> Path:
+    """A checkpoint from a future vaecli whose format this one does not know."""
+    payload = checkpoint.load(trained_run)
+    payload["version"] = 99
+    torch.save(payload, tmp_path / "newer.pt")
+    return tmp_path / "newer.pt"
+
+
+def extra_tensors(trained_run: Path, tmp_path: Path) -> Path:
+    """The right weights plus a tensor the model has no place for."""
+    payload = checkpoint.load(trained_run)
+    payload["model"]["decoder.mystery"] = torch.zeros(3)
+    torch.save(payload, tmp_path / "extra.pt")
+    return tmp_path / "extra.pt"
+
+
 def text_file(trained_run: Path, tmp_path: Path) -> Path:
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
     return tmp_path / "notes.pt"
@@ -242,11 +258,15 @@ BAD_FILES = [
     (mismatched, "encoder.head.weight has shape [20, 100] where the model needs [8, 100]"),
     (foreign, "is not a vaecli checkpoint"),
     (configless, "its config cannot rebuild a model"),
+    (newer, f"checkpoint format version 99 is newer than this vaecli reads ({checkpoint.VERSION}): upgrade vaecli"),
+    (extra_tensors, "has tensors the model does not: decoder.mystery"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("make", "message"), BAD_FILES, ids=["missing", "folder", "text", "truncated", "shape", "foreign", "configless"]
+    ("make", "message"),
+    BAD_FILES,
+    ids=["missing", "folder", "text", "truncated", "shape", "foreign", "configless", "newer", "extra"],
 )
 @pytest.mark.parametrize("command", ["reconstruct", "traverse", "sample", "interpolate", "embed"])
 def test_a_bad_checkpoint_is_one_line_and_exit_2(runner, trained_run, tmp_path, command, make, message):

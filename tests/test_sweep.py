@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -67,6 +69,10 @@ def test_sweep_csv_has_one_typed_row_per_member(basic_sweep):
         "test_neg_elbo_nats",
     ):
         assert column in table and table[column].notna().all(), column
+    assert table.held_out.all()  # data.train_on=train: test_* columns are on held-out images
+    for column in ("vaecli_version", "python_version", "torch_version", "torchvision_version", "hydra_version"):
+        assert table[column].notna().all() and table[column].nunique() == 1, column
+    assert table.torch_version.iloc[0] == metadata.version("torch")
     long = pd.read_csv(sweep_dir / "metrics_long.csv")
     assert set(long.member) == EXPECTED_MEMBERS and {"beta", "latent_size", "step", "split"} <= set(long.columns)
     for name in PLOTS:
@@ -87,6 +93,20 @@ def test_joblib_runs_members_in_parallel_processes(runner, tiny, tmp_path):
     assert len(pids) >= 2  # not the launching process alone
     multirun = (tmp_path / "joblib" / "multirun.yaml").read_text()
     assert "JoblibLauncher" in multirun
+    for member in EXPECTED_MEMBERS:  # a worker process records the launching command line, not its own
+        assert json.loads((tmp_path / "joblib" / member / "provenance.json").read_text())["command"] == sys.argv
+
+
+def test_members_trained_on_the_test_images_are_marked(runner, tiny, tmp_path):
+    result = sweep(runner, tiny, tmp_path / "all", "beta=0,0.5", "data.train_on=all", "train.steps=4")
+    assert result.exit_code == 0, result.output
+    assert "warning: data.train_on=all trains on the test images too" in result.stderr
+    table = pd.read_csv(tmp_path / "all" / "sweep.csv")
+    assert len(table) == 2 and not table.held_out.any()
+    shown = " ".join(result.stdout.split())  # the table's title wraps at its width
+    assert "sorted by -ELBO on the test images" in shown and "sorted by test -ELBO" not in shown
+    assert "* 2 of 2 trained on them (data.train_on=all): not held out" in shown
+    assert "beta=0.0*" in shown and "beta=0.5*" in shown
 
 
 def test_failed_member_is_recorded_and_the_others_run(runner, tiny, tmp_path):
@@ -256,7 +276,7 @@ def test_a_diverging_trial_is_failed_and_the_search_goes_on(runner, tiny, tmp_pa
     table = pd.read_csv(sweep_dir / "sweep.csv")
     assert len(table) == 4
     failed = table[table.status == "failed"]
-    assert len(failed) == 2 and failed.error.str.contains("TrainingDiverged: loss became").all()
+    assert len(failed) == 2 and failed.error.str.contains("TrainingDiverged: training diverged").all()
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert (best["trials"], best["completed"], best["failed"]) == (4, 2, 2)
     assert best["best_params"]["train.lr"] == 0.001

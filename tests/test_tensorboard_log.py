@@ -26,9 +26,9 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noq
 
 from tests.conftest import invoke, vae_without  # noqa: E402
 from vaecli import images  # noqa: E402
+from vaecli.metrics import TIMING_COLUMNS  # noqa: E402
 from vaecli.run_folder import TB_DIR  # noqa: E402
 from vaecli.tensorboard_log import SCALAR_KEYS, TensorBoardLog, flatten, scalar_tags  # noqa: E402
-from vaecli.train import TIMING_COLUMNS  # noqa: E402
 
 CONFIG = {
     "beta": 0.01,

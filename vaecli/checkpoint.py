@@ -13,13 +13,15 @@ from typing import Any
 import torch
 
 from vaecli.atomic import atomic_write
-from vaecli.errors import UsageError, first_line
+from vaecli.errors import RunError, UsageError, first_line
 from vaecli.model import VAE, build_model
 from vaecli.run_folder import CHECKPOINT
 from vaecli.runtime import pick_device
 
 FORMAT = "vaecli-checkpoint"
-VERSION = 1
+VERSION = (
+    2  # 2 adds the training position (resume); the newest format this vaecli writes and reads; older ones it reads too
+)
 
 
 class CheckpointError(UsageError):
@@ -29,6 +31,15 @@ class CheckpointError(UsageError):
 def atomic_save(payload: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and a rename: never a half-written checkpoint."""
     atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    """Whether every floating-point tensor in the model's state is finite (checked before saving it)."""
+    return all(bool(tensor.isfinite().all()) for tensor in model.state_dict().values() if tensor.is_floating_point())
+
+
+class NonFiniteWeights(RunError):
+    """Weights with NaN or inf are never written over a checkpoint: the last good one is kept."""
 
 
 def to_cpu(state: Any) -> Any:
@@ -48,9 +59,13 @@ def save(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     step: int,
-    rng: dict[str, torch.Tensor],
+    rng: dict[str, Any],
     final: dict | None = None,
+    training: dict | None = None,
 ) -> None:
+    """Write a checkpoint; ``training`` (the loop's position, from :mod:`vaecli.train`) lets a run continue."""
+    if not weights_are_finite(model):
+        raise NonFiniteWeights(f"not writing {path}: the weights hold NaN or inf (the last good checkpoint is kept)")
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -60,8 +75,17 @@ def save(
         "optimizer": to_cpu(optimizer.state_dict()) if optimizer is not None else None,
         "rng": to_cpu(rng),
         "final": final or {},
+        "training": to_cpu(training),
     }
     atomic_save(payload, path)
+
+
+def training_state(payload: dict[str, Any], file: Path) -> dict[str, Any]:
+    """What the loop needs to continue from a loaded checkpoint, or a one-line refusal."""
+    state = payload.get("training")
+    if not isinstance(state, dict) or not isinstance(payload.get("optimizer"), dict):
+        raise CheckpointError(f"{file} holds no training state to continue from (an older vaecli wrote it)")
+    return state
 
 
 def resolve(path: str | Path) -> Path:
@@ -89,7 +113,20 @@ def load(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a vaecli checkpoint; pass the checkpoint.pt that `vae train` wrote")
+    check_version(payload.get("version"), file)
     return payload
+
+
+def check_version(version: Any, file: Path) -> None:
+    """Formats 1..VERSION load; a newer one (or none) is refused naming both versions."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(
+            f"{file} has no valid checkpoint format version ({version!r}); it was not written by vaecli"
+        )
+    if version > VERSION:
+        raise CheckpointError(
+            f"{file}: checkpoint format version {version} is newer than this vaecli reads ({VERSION}): upgrade vaecli"
+        )
 
 
 @dataclass
@@ -151,10 +188,15 @@ def check_fit(model: VAE, state: Any, config: Any, file: Path) -> None:
         for key, tensor in expected.items()
         if key in state and state[key].shape != tensor.shape
     ]
-    problems += [f"{key} is not part of the model" for key in state if key not in expected]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise CheckpointError(
             f"{file}: weights do not match the model its config describes ({describe_shape(config)}): "
             f"{problems[0]}{more}"
+        )
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise CheckpointError(
+            f"{file} has tensors the model does not: {', '.join(extra)}; "
+            "was it written by a newer vaecli or changed by hand?"
         )

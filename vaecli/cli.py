@@ -35,13 +35,17 @@ from vaecli.errors import VaeError, first_line
 
 
 class VaeCommands(TyperGroup):
-    """Maps every :class:`VaeError` to one ``error:`` line and its exit code (2 usage, 1 run)."""
+    """Maps every :class:`VaeError` to one ``error:`` line and its exit code (2 usage, 1 run).
+
+    A run stopped by a signal prints one ``stopped:`` line instead, with exit code 130 or 143.
+    """
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except VaeError as error:
-            typer.secho(f"error: {first_line(error)}", fg="red", err=True)
+            colour = "yellow" if error.label == "stopped" else "red"
+            typer.secho(f"{error.label}: {first_line(error)}", fg=colour, err=True)
             raise typer.Exit(error.exit_code) from None
 
 
@@ -81,15 +85,32 @@ def root(
         "vae train data=fashion_mnist model.hidden_sizes=[256,256] device=cuda",
         "vae train train.epochs=5 train.shuffle=false data.train_on=all",
         "vae train hydra.run.dir=runs/first (choose the run folder)",
+        "vae train --resume runs/first (continue a stopped run from its checkpoint)",
+        "vae train --resume runs/first train.steps=5000 (extend a finished run)",
         "vae train logger=tensorboard (also TensorBoard events in <run folder>/tb)",
         "vae train --cfg job (print the composed config)",
     )
+    + "\n\nCtrl-C (SIGINT) or SIGTERM ends the current step, saves a checkpoint and the figures, and exits "
+    "130 or 143 with the command that continues the run; a second Ctrl-C quits at once.",
 )
-def train(overrides: Overrides = None, cfg: CfgOption = None, resolve: ResolveOption = False) -> None:
+def train(
+    overrides: Overrides = None,
+    cfg: CfgOption = None,
+    resolve: ResolveOption = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Continue this run (its folder or checkpoint.pt) from its last checkpoint, in its own folder; "
+            "overrides may change only train.steps/train.epochs and where it runs.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Train one beta-VAE and write a run folder (config, metrics.csv, plots, checkpoint)."""
     from vaecli import run
 
-    run.train(overrides or [], cfg, resolve)
+    run.train(overrides or [], cfg, resolve, resume)
 
 
 @app.command(

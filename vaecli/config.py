@@ -6,6 +6,7 @@ type-check but make no sense (a negative beta, an empty batch), each with a one-
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,20 @@ TRAIN_ON = ("train", "all")
 LOGGERS = ("csv", "tensorboard")
 DATA_ROOT_ENV = "VAECLI_DATA"
 DEFAULT_DATA_ROOT = "~/.cache/vaecli"
+# train.checkpoint_every=null saves a checkpoint after about this much training time: a hard kill
+# (SIGKILL, out of memory, a lost node) loses at most about a minute, whatever the model and device
+AUTO_CHECKPOINT_SECONDS = 60.0
+
+
+NOT_HELD_OUT = (
+    "data.train_on=all trains on the test images too: the test rows are not held-out figures "
+    "(held_out=false in metrics.csv and sweep.csv)"
+)
+
+
+def test_held_out(cfg: Any) -> bool:
+    """Whether the test split is unseen in training (``data.train_on=all`` trains on it too)."""
+    return cfg.data.train_on != "all"
 
 
 def default_root() -> Path:
@@ -52,6 +67,8 @@ class TrainConfig:
     shuffle: bool = True  # reshuffle every epoch; false reproduces the seed's fixed batch order
     eval_every: int | None = None  # None: test evaluations at 1, 4, 16, ... and the end; N: every N; 0: at the end
     progress: bool = True
+    # steps between checkpoints; null: about every AUTO_CHECKPOINT_SECONDS (60 s) of training; 0: at the end only
+    checkpoint_every: int | None = None
 
 
 @dataclass
@@ -83,6 +100,9 @@ class ConfigValueError(UsageError):
 
 def check_values(cfg: Any) -> None:
     """Raise :class:`ConfigValueError` naming the first key whose value is impossible."""
+    for key, value in float_settings(cfg):
+        if not math.isfinite(value):
+            raise ConfigValueError(f"{key}={value} is not allowed: {key} must be a finite number")
     rules: list[tuple[str, bool, str]] = [
         ("beta", cfg.beta >= 0, "must be >= 0 (0 gives a plain autoencoder)"),
         ("latent_size", cfg.latent_size >= 1, "must be a whole number >= 1"),
@@ -98,6 +118,11 @@ def check_values(cfg: Any) -> None:
             "train.eval_every",
             cfg.train.eval_every is None or cfg.train.eval_every >= 0,
             "must be >= 0 or null",
+        ),
+        (
+            "train.checkpoint_every",
+            cfg.train.checkpoint_every is None or cfg.train.checkpoint_every >= 0,
+            "must be >= 0 (0: at the end only) or null (about every minute)",
         ),
         (
             "model.hidden_sizes",
@@ -120,6 +145,23 @@ def check_values(cfg: Any) -> None:
         if not ok:
             value = _select(cfg, key)
             raise ConfigValueError(f"{key}={value} is not allowed: {key} {rule}")
+
+
+def float_settings(node: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """Every float in the run's config (``hydra.*`` aside), keys dotted: ``train.lr``, ``+foo=...`` too."""
+    from omegaconf import DictConfig, ListConfig
+
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node)
+    found: list[tuple[str, float]] = []
+    for name, value in items:
+        key = f"{prefix}[{name}]" if isinstance(node, ListConfig) else f"{prefix}{'.' if prefix else ''}{name}"
+        if key == "hydra":
+            continue
+        if isinstance(value, DictConfig | ListConfig):
+            found += float_settings(value, key)
+        elif isinstance(value, float):
+            found.append((key, value))
+    return found
 
 
 def _select(cfg: Any, key: str) -> Any:

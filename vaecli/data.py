@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from vaecli.datasets import DATASETS, ensure_dataset
+from vaecli.datasets import DATASETS, DataFile, ensure_dataset, read_idx
 
 
 @dataclass
 class Split:
     images: torch.Tensor  # float32 (n, 784) in [0, 1]
     labels: torch.Tensor  # int64 (n,)
+    files: tuple[DataFile, ...] = ()  # what it was read from, with the MD5 of the bytes parsed
 
     def __len__(self) -> int:
         return len(self.images)
@@ -31,17 +32,15 @@ def load_split(
     limit: int | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Split:
-    """One split through torchvision's dataset class, after the files are verified."""
-    import torchvision.datasets
-
+    """One split read from its verified IDX files (torchvision's layout; its processed/*.pt never)."""
     spec = DATASETS[name]
     root = ensure_dataset(spec, Path(root).expanduser(), **({"say": say} if say else {}))
-    dataset = getattr(torchvision.datasets, spec.torchvision_class)(str(root), train=train, download=False)
-    pixels, labels = dataset.data, dataset.targets
-    if limit is not None:
-        pixels, labels = pixels[:limit], labels[:limit]
-    images = pixels.reshape(len(pixels), -1).to(torch.float32).div_(255.0)
-    return Split(images=images, labels=labels.to(torch.int64))
+    prefix = "train" if train else "t10k"
+    pixels, image_file = read_idx(spec, root, f"{prefix}-images-idx3-ubyte")
+    labels, label_file = read_idx(spec, root, f"{prefix}-labels-idx1-ubyte")
+    pixels, labels = pixels[:limit], labels[:limit]  # a view: only the images kept are converted
+    images = torch.from_numpy(pixels.reshape(len(pixels), -1).astype("float32")).div_(255.0)
+    return Split(images=images, labels=torch.from_numpy(labels.astype("int64")), files=(image_file, label_file))
 
 
 def training_set(train_split: Split, test_split: Split, use: str) -> Split:
@@ -51,6 +50,7 @@ def training_set(train_split: Split, test_split: Split, use: str) -> Split:
     return Split(
         torch.cat([train_split.images, test_split.images]),
         torch.cat([train_split.labels, test_split.labels]),
+        train_split.files + test_split.files,
     )
 
 
@@ -72,9 +72,16 @@ class Batches:
         if not self.shuffle:
             return self.images[start : start + self.batch_size]
         if position == 0 or self.order is None:
-            # drawn on the CPU generator (the same order on every device), used where the images are
-            self.order = torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
-        return self.images.index_select(0, self.order[start : start + self.batch_size])
+            self.order = self.new_order()
+        return self.take(self.order[..., start : start + self.batch_size])
+
+    def new_order(self) -> torch.Tensor:
+        """This epoch's order: drawn on the CPU generator (the same on every device), kept where the images are."""
+        return torch.randperm(len(self.images), generator=self.generator).to(self.images.device)
+
+    def take(self, window: torch.Tensor) -> torch.Tensor:
+        """The images at ``window``, a slice of this epoch's order."""
+        return self.images.index_select(0, window)
 
     def epoch(self, step: int) -> float:
         """Epochs completed after ``step`` steps."""

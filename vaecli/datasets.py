@@ -1,8 +1,10 @@
-"""Where dataset files come from, and proof that they are the right bytes.
+"""Where dataset files come from, proof that they are the right bytes, and reading exactly those bytes.
 
-Every source ends in torchvision's raw layout (``<root>/<Class>/raw/<idx file>``), and every
-file is checked against the MD5 of the uncompressed original before it is used, so a corrupt
-or truncated file is replaced or reported, never trained on.
+Every source ends in torchvision's raw layout (``<root>/<Class>/raw/<idx file>``, or the
+``<idx file>.gz`` torchvision downloads before extracting it), and every file is checked against
+the MD5 of the uncompressed original before it is used, so a corrupt or truncated file is
+replaced or reported, never trained on. :func:`read_idx` parses the very bytes it hashed:
+torchvision's ``processed/*.pt`` caches, which its classes prefer to the raw files, are never read.
 """
 
 from __future__ import annotations
@@ -84,18 +86,32 @@ REGISTRY_MEMBER = "mnist/data/mnist.pkl.gz"
 REGISTRY_MEMBER_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 
-def md5_of(path: Path) -> str:
+def candidates(spec: DatasetSpec, root: Path, name: str) -> tuple[Path, Path]:
+    """Where ``name`` may be, in the order it is read: the IDX file, then torchvision's download of it."""
+    raw = spec.raw_dir(root)
+    return raw / name, raw / f"{name}.gz"
+
+
+def content_md5(path: Path) -> str:
+    """MD5 of a file's content, uncompressed when it is a ``.gz`` (what the published sums cover)."""
     digest = hashlib.md5()
-    with path.open("rb") as handle:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
+def verified_file(spec: DatasetSpec, root: Path, name: str) -> Path | None:
+    """The first candidate for ``name`` whose content has the original's MD5 (None when none has)."""
+    return next(
+        (path for path in candidates(spec, root, name) if path.is_file() and content_md5(path) == spec.raw_md5[name]),
+        None,
+    )
+
+
 def bad_files(spec: DatasetSpec, root: Path) -> list[str]:
     """Names of raw files that are missing or whose bytes differ from the originals."""
-    raw = spec.raw_dir(root)
-    return [name for name in IDX_FILES if not (raw / name).is_file() or md5_of(raw / name) != spec.raw_md5[name]]
+    return [name for name in IDX_FILES if verified_file(spec, root, name) is None]
 
 
 _verified_here: set[tuple] = set()  # files this process checked already (the CLI, then the run)
@@ -103,8 +119,8 @@ _verified_here: set[tuple] = set()  # files this process checked already (the CL
 
 def _stamp(spec: DatasetSpec, root: Path) -> tuple:
     """Name, root and each file's size and mtime: a file changed since its check is checked again."""
-    raw = spec.raw_dir(root)
-    stats = [(raw / name).stat() if (raw / name).is_file() else None for name in IDX_FILES]
+    paths = [path for name in IDX_FILES for path in candidates(spec, root, name)]
+    stats = [path.stat() if path.is_file() else None for path in paths]
     return (spec.name, root, *((st.st_size, st.st_mtime_ns) if st else None for st in stats))
 
 
@@ -118,11 +134,11 @@ def ensure_dataset(spec: DatasetSpec, root: Path, say: Callable[[str], None] = l
         _verified_here.add(_stamp(spec, root))
         return root
     raw = spec.raw_dir(root)
-    present = [name for name in missing if (raw / name).exists()]
+    present = [path for name in missing for path in candidates(spec, root, name) if path.exists()]
     if present:
-        say(f"{spec.name}: {', '.join(present)} under {raw} failed the checksum; fetching again")
-        for name in present:
-            (raw / name).unlink()
+        say(f"{spec.name}: {', '.join(path.name for path in present)} under {raw} failed the checksum; fetching again")
+        for path in present:
+            path.unlink()
     tried: list[str] = []
     for label, fetch in _sources(spec):
         say(f"{spec.name}: fetching from {label}")
@@ -139,8 +155,9 @@ def ensure_dataset(spec: DatasetSpec, root: Path, say: Callable[[str], None] = l
             return root
         tried.append(f"{label}: checksum mismatch for {', '.join(still_bad)}")
         for name in still_bad:
-            (raw / name).unlink(missing_ok=True)
-    hint = f"put the four uncompressed IDX files under {raw}"
+            for path in candidates(spec, root, name):
+                path.unlink(missing_ok=True)
+    hint = f"put the four IDX files (or their .gz) under {raw}"
     if spec.system_dirs:
         hint += " or `apt-get install dataset-fashion-mnist`"
     raise DataUnavailableError(f"no verified {spec.name} files could be found or fetched ({'; '.join(tried)}); {hint}")
@@ -224,6 +241,41 @@ def write_idx_from_pickle(packed: bytes, raw_dir: Path) -> None:
         )
 
 
+IDX_MAGIC = {1: 2049, 3: 2051}  # labels (n,), images (n, rows, columns): unsigned bytes
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file a run read, and the MD5 of the content it parsed (uncompressed)."""
+
+    path: str
+    md5: str
+
+
+def read_idx(spec: DatasetSpec, root: Path, name: str) -> tuple[np.ndarray, DataFile]:
+    """The array in IDX file ``name``, parsed from the very bytes whose MD5 was just checked."""
+    for path in candidates(spec, root, name):
+        if not path.is_file():
+            continue
+        payload = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        md5 = hashlib.md5(payload).hexdigest()
+        if md5 == spec.raw_md5[name]:
+            return parse_idx(payload, path), DataFile(str(path), md5)
+    raise DataUnavailableError(
+        f"{spec.raw_dir(root) / name} failed its checksum when read (changed since it was checked?); "
+        "run `vae data` to check and fetch it again"
+    )
+
+
+def parse_idx(payload: bytes, path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format) as an array of its declared shape."""
+    dims = payload[3] if len(payload) >= 4 else 0
+    if dims not in IDX_MAGIC or int.from_bytes(payload[:4], "big") != IDX_MAGIC[dims]:
+        raise DataUnavailableError(f"{path} is not an IDX file of unsigned bytes")
+    shape = tuple(int(n) for n in np.frombuffer(payload, dtype=">i4", count=dims, offset=4))
+    return np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Loads numpy arrays and nothing else: a data file must never run code."""
 
@@ -249,4 +301,13 @@ def ensure_data(name: str, root: Path) -> Path:
     return ensure_dataset(DATASETS[name], root, say=lambda message: console.print(f"[dim]{message}[/dim]"))
 
 
-__all__ = ["DATASETS", "DataUnavailableError", "DatasetSpec", "bad_files", "ensure_data", "ensure_dataset"]
+__all__ = [
+    "DATASETS",
+    "DataFile",
+    "DataUnavailableError",
+    "DatasetSpec",
+    "bad_files",
+    "ensure_data",
+    "ensure_dataset",
+    "read_idx",
+]

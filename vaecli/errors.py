@@ -11,6 +11,7 @@ class VaeError(Exception):
     """An error meant for the user: its message is one line that says what to do."""
 
     exit_code = 1
+    label = "error"  # the word before the message on the terminal
 
 
 class UsageError(VaeError, ValueError):
@@ -23,6 +24,16 @@ class RunError(VaeError, RuntimeError):
     """The input was fine but the work could not finish (no data, divergence): exit code 1."""
 
     exit_code = 1
+
+
+class Stopped(RunError):
+    """A run or sweep stopped by SIGINT/SIGTERM after saving its state: exit code 128 + the signal's number."""
+
+    label = "stopped"
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def first_line(text: object) -> str:

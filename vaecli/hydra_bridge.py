@@ -7,6 +7,7 @@ output folder; running ``hydra.main`` afterwards keeps everything users know fro
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 
 from vaecli import config as config_module
 from vaecli.errors import UsageError, first_line
+from vaecli.provenance import COMMAND_ENV
 
 CFG_CHOICES = ("job", "hydra", "all")
 CONFIG_MODULE, CONFIG_NAME = "vaecli.conf", "config"
@@ -132,9 +134,12 @@ def run_hydra(task: Callable[[DictConfig], Any], arguments: Iterable[str]) -> An
     from omegaconf.errors import OmegaConfBaseException
 
     main = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base="1.3")(task)
-    saved_argv, saved_error, saved_stderr = sys.argv, os.environ.get("HYDRA_FULL_ERROR"), sys.stderr
+    saved_argv, saved_stderr = sys.argv, sys.stderr
+    # the user's command line, for provenance.json of every member, whichever process runs it
+    handed_on = {"HYDRA_FULL_ERROR": "1", COMMAND_ENV: json.dumps(saved_argv)}
+    saved_environment = {name: os.environ.get(name) for name in handed_on}
     sys.argv = ["vae", *arguments]
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    os.environ.update(handed_on)
     sys.stderr = _WithoutHydraJobErrors(saved_stderr)
     try:
         return main()
@@ -142,10 +147,11 @@ def run_hydra(task: Callable[[DictConfig], Any], arguments: Iterable[str]) -> An
         raise UsageError(describe(error)) from None
     finally:
         sys.argv, sys.stderr = saved_argv, saved_stderr
-        if saved_error is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved_error
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _WithoutHydraJobErrors:

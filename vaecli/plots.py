@@ -96,7 +96,10 @@ def loss_curves(long: pd.DataFrame, path: Path, colour: str, facet: str) -> Path
 
     frame = long[long.split == "train"].copy()
     frame["colour"] = factor(frame, colour)
-    frame = frame[frame["loss"] > 0]
+    frame = frame[frame["loss"] > 0].copy()
+    panels = facet in frame and frame[facet].nunique() > 1
+    if panels:  # through a plain column: plotnine reads a facet name as an expression (train.lr is not one)
+        frame["panel"] = factor(frame, facet).rename_categories(lambda value: f"{facet}: {value}")
     plot = (
         ggplot(frame, aes("step", "loss", colour="colour", group="member"))
         + geom_line()
@@ -105,8 +108,8 @@ def loss_curves(long: pd.DataFrame, path: Path, colour: str, facet: str) -> Path
         + labs(colour=colour, y="train loss (seed units)", title="loss curves")
         + theme_bw()
     )
-    if facet in frame and frame[facet].nunique() > 1:
-        plot += facet_wrap([facet], labeller="label_both")  # a list: a formula would read train.lr as an expression
+    if panels:
+        plot += facet_wrap("~panel")
     save_plot(plot, path, width=8, height=5)
     return path
 

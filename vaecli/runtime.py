@@ -60,6 +60,15 @@ def threads_for(threads: int, launcher: Any | None) -> int:
     return cpus
 
 
+def preemption_signal() -> int | None:
+    """Inside a submitit job: the signal submitit requeues the job on (USR2 unless SUBMITIT_PREEMPT_SIGNAL says)."""
+    import signal
+
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
 def slurm_job_id() -> str | None:
     """This task's SLURM id as scancel and sacct take it: ``<array job>_<task>`` inside an array."""
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")

@@ -3,11 +3,16 @@
 Every member is an ordinary run of :func:`vaecli.run.task` in its own folder. Members record their
 own status (result.json), so aggregation works the same for the basic launcher, joblib,
 submitit and a sweep folder copied back from a cluster, and never depends on Hydra callbacks.
+
+SIGINT/SIGTERM to `vae sweep` writes the sweep's stop file: running members (in this process or
+in workers and jobs it cannot signal) save a checkpoint and record "interrupted", members not yet
+started do not start, and running the same command again continues them.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import threading
 import time
@@ -21,8 +26,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vaecli import extras, run_folder
-from vaecli.errors import UsageError, first_line
+from vaecli.config import NOT_HELD_OUT, test_held_out
+from vaecli.errors import Stopped, UsageError, first_line
 from vaecli.hydra_bridge import compose, expand_sweep, has_key, override_key, quote_value, run_hydra
+from vaecli.signals import STOP, Interrupted, exit_code, signal_name
 
 SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
 # an Optuna trial's folder: its number keeps two trials with the same values apart
@@ -107,6 +114,9 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
         members = checked = expand_sweep(task)
         swept, total = {override_key(item) for item in task if is_sweep(item)}, len(members)
     configs = [compose([*member, *hydra_part], with_hydra=True) for member in checked]
+    max_group = OmegaConf.select(composed, "hydra.launcher.max_group")  # the batched launcher's
+    if max_group is not None and max_group < 1:
+        raise UsageError(f"hydra.launcher.max_group={max_group} is not allowed: a group holds at least 1 member")
     fixed = [override_key(item) for item in task if override_key(item) not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
     if fixed and not has_key(hydra_part, exclude_key):
@@ -115,8 +125,6 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
         hydra_part.append(f"{exclude_key}=[{','.join(excluded)}]")
     sweep_dir = Path(composed.hydra.sweep.dir)
     arguments = ["--multirun", *task, *hydra_part]
-    if not has_key(hydra_part, "hydra.sweep.dir"):
-        arguments.append(f"hydra.sweep.dir={quote_value(str(sweep_dir))}")
     return SweepPlan(task, hydra_part, members, sweep_dir, launcher, configs, arguments, total, sweeper)
 
 
@@ -158,29 +166,52 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         return report(folder, console)
 
     sweep_plan = plan(overrides, grid)
+    preflight(sweep_plan.configs)
+    if not has_key(sweep_plan.hydra_overrides, "hydra.sweep.dir"):  # a new sweep: a folder of its own
+        sweep_plan.sweep_dir = run_folder.claim_fresh(sweep_plan.sweep_dir, whole=True)
+        sweep_plan.arguments.append(f"hydra.sweep.dir={quote_value(str(sweep_plan.sweep_dir))}")
     what = "Optuna search of {} trials" if sweep_plan.sweeper == "optuna" else "sweep of {} members"
     console.print(
         f"{what.format(sweep_plan.total)} through the {sweep_plan.launcher} launcher into "
         f"[bold]{sweep_plan.sweep_dir}[/bold]"
     )
-    preflight(sweep_plan.configs)
+    if not all(test_held_out(cfg) for cfg in sweep_plan.configs):
+        console.print(f"[yellow]warning: {NOT_HELD_OUT}[/yellow]")
     write_plan(sweep_plan)
+    stop_file = sweep_plan.sweep_dir / run_folder.STOP_FILE
+    stop_file.unlink(missing_ok=True)  # left by an earlier, stopped run of this sweep
+
+    def stop_members(signum: int) -> None:
+        stop_file.write_text(signal_name(signum) + "\n")
+        console.print(f"[yellow]{signal_name(signum)}: members save a checkpoint and stop; again to quit at once[/]")
+
+    (sweep_plan.sweep_dir / run_folder.GROUPS_JSON).unlink(missing_ok=True)  # the batched launcher writes it anew
     launch_error = None
-    with Monitor(sweep_plan.sweep_dir, sweep_plan.total, console):
+    with STOP.installed(on_request=stop_members), Monitor(sweep_plan.sweep_dir, sweep_plan.total, console):
         try:
             run_hydra(task, sweep_plan.arguments)
-        except KeyboardInterrupt:
-            launch_error = "interrupted"
+        except Interrupted as error:  # a second signal: no report, members keep their last checkpoints
+            launch_error = error
         except Exception as error:  # a launcher that gave up (e.g. a job the scheduler killed)
             launch_error = f"{type(error).__name__}: {first_line(error)}"
+        signum = STOP.signum
+    if isinstance(launch_error, Interrupted):
+        again = f"`vae sweep --report {sweep_plan.sweep_dir}` aggregates it"
+        raise Stopped(f"sweep {sweep_plan.sweep_dir} quit at once; {again}", exit_code(launch_error.signum))
     if launch_error:
         console.print(f"[yellow]the launcher reported: {launch_error}[/yellow]")
-        if sweep_plan.launcher.startswith("submitit_slurm"):
+        if sweep_plan.launcher.startswith("submitit_slurm") and signum is None:
             console.print("waiting for the sweep's other SLURM jobs to finish ...")
             wait_for_scheduler(sweep_plan.sweep_dir)
     code = report(sweep_plan.sweep_dir, console)
     if any(cfg.logger.name == "tensorboard" for cfg in sweep_plan.configs):
         console.print(f"compare the members in TensorBoard: tensorboard --logdir {quote(str(sweep_plan.sweep_dir))}")
+    if signum is not None:
+        again = [item for item in overrides if override_key(item) != "hydra.sweep.dir"]
+        again.append(f"hydra.sweep.dir={sweep_plan.sweep_dir}")
+        command = shlex.join(["vae", "sweep", *again])
+        message = f"sweep {sweep_plan.sweep_dir} interrupted by {signal_name(signum)}; continue it with: {command}"
+        raise Stopped(message, exit_code(signum))
     return code
 
 
@@ -199,7 +230,11 @@ def write_plan(sweep_plan: SweepPlan) -> None:
 
 
 class Monitor:
-    """Polls member folders for their status and drives a rich progress bar."""
+    """Polls member folders for their status and drives a rich progress bar.
+
+    Under the batched launcher it also reads groups.json: which group trains and at which step, so
+    the bar moves (and the ETA holds) while a group's members all finish at its last step.
+    """
 
     def __init__(self, sweep_dir: Path, total: int, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -209,18 +244,24 @@ class Monitor:
             TextColumn("[bold]sweep"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[running]} running"),
+            TextColumn(
+                "{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[interrupted]} interrupted, "
+                "{task.fields[running]} running"
+            ),
+            TextColumn("{task.fields[groups]}"),
             TimeRemainingColumn(),
             console=console,
             redirect_stderr=False,
             redirect_stdout=False,
         )
-        self.task_id = self.progress.add_task("members", total=total, ok=0, failed=0, running=0)
+        self.task_id = self.progress.add_task(
+            "members", total=total, ok=0, failed=0, interrupted=0, running=0, groups=""
+        )
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def counts(self) -> dict[str, int]:
-        counts = {"ok": 0, "failed": 0, "running": 0}
+        counts = {"ok": 0, "failed": 0, "interrupted": 0, "running": 0}
         for result in self.sweep_dir.rglob(run_folder.RESULT_JSON):
             try:
                 status = json.loads(result.read_text()).get("status")
@@ -236,7 +277,9 @@ class Monitor:
 
     def refresh(self) -> None:
         counts = self.counts()
-        self.progress.update(self.task_id, completed=counts["ok"] + counts["failed"], **counts)
+        text, running_share = group_progress(self.sweep_dir)
+        done = counts["ok"] + counts["failed"] + counts["interrupted"] + counts["running"] * running_share
+        self.progress.update(self.task_id, completed=done, groups=text, **counts)
 
     def __enter__(self) -> Monitor:
         self.progress.start()
@@ -248,6 +291,21 @@ class Monitor:
         self.thread.join()
         self.refresh()
         self.progress.stop()
+
+
+def group_progress(sweep_dir: Path) -> tuple[str, float]:
+    """The batched launcher's groups as a few words, and how far its running group has got (0 to 1)."""
+    groups = run_folder.read_groups(sweep_dir)
+    if not groups:
+        return "", 0.0
+    running = [(number, group) for number, group in enumerate(groups) if group.get("state") == "running"]
+    finished = sum(group.get("state") == "done" for group in groups)
+    if not running:
+        return f"{finished} of {len(groups)} groups done", 0.0
+    number, group = running[0]
+    step, steps = group.get("step") or 0, group.get("steps") or 0
+    share = step / steps if steps else 0.0
+    return f"group {number + 1} of {len(groups)} ({len(group['members'])} members) at step {step}/{steps}", share
 
 
 def wait_for_scheduler(sweep_dir: Path, timeout_s: float = 3600) -> None:

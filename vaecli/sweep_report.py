@@ -1,7 +1,8 @@
 """Turn a sweep folder into sweep.csv, comparison figures and a table, whatever state its members are in.
 
-A member's status comes from its own result.json; one that never wrote "ok" or "failed"
-(killed, cancelled, never started) is failed, with the scheduler's state when SLURM ran it.
+A member's status comes from its own result.json: "ok", "failed", or "interrupted" (stopped by a
+signal with a checkpoint; rerunning the sweep continues it) with the step it reached. One that
+never wrote any of them (killed, never started) is failed, with the scheduler's state when SLURM ran it.
 Typed values come from each member's .hydra/config.yaml, never from override strings.
 """
 
@@ -16,11 +17,13 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from vaecli import plots, run_folder
+from vaecli import plots, provenance, run_folder
+from vaecli.config import test_held_out
 from vaecli.run_folder import member_dirs, read_result
 
 FINAL_COLUMNS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
 PREFERRED_AXES = ("latent_size", "beta")
+ROW_STYLES = {"failed": "red", "interrupted": "yellow"}
 TABLE_COLUMNS = {"-ELBO": "test_neg_elbo_nats", "recon": "test_recon_nats", "KL": "test_kl_nats", "seconds": "seconds"}
 
 
@@ -56,9 +59,10 @@ def scheduler_state(job_id: str | None) -> str | None:
 def member_status(member: Path) -> dict[str, object]:
     result = read_result(member) or {}
     status = result.get("status")
-    if status in ("ok", "failed"):
+    if status in ("ok", "failed", "interrupted"):
         return {
             "status": status,
+            "step": result.get("step"),
             "error": result.get("error", ""),
             "seconds": result.get("seconds"),
             "slurm_job_id": result.get("slurm_job_id"),
@@ -71,7 +75,7 @@ def member_status(member: Path) -> dict[str, object]:
         error = "the run stopped without a result (killed, or the machine went away)"
     else:
         error = "the run never started"
-    return {"status": "failed", "error": error, "seconds": None, "slurm_job_id": job_id}
+    return {"status": "failed", "step": None, "error": error, "seconds": None, "slurm_job_id": job_id}
 
 
 def final_metrics(metrics: pd.DataFrame) -> dict[str, float]:
@@ -108,8 +112,10 @@ def aggregate(sweep_dir: Path) -> SweepReport:
             "member": str(member.relative_to(sweep_dir)),
             "overrides": " ".join(f"{k}={v}" for k, v in member_overrides.items()),
             **values,
+            "held_out": test_held_out(config),  # false: its test_* columns are on images it trained on
         }
         row.update(member_status(member))
+        row.update(provenance.sweep_columns(member))
         metrics_path = member / run_folder.METRICS_CSV
         if metrics_path.is_file() and metrics_path.stat().st_size > 0:
             metrics = pd.read_csv(metrics_path)
@@ -157,27 +163,54 @@ def report(folder: Path, console) -> int:
     figures = draw_all(folder, table, result.long, swept)
 
     shown = table.sort_values("test_neg_elbo_nats", na_position="last") if "test_neg_elbo_nats" in table else table
-    out = Table(title=f"{len(table)} members, sorted by test -ELBO (test set, nats per image)")
+    seen = table.held_out.eq(False) if "held_out" in table else pd.Series(False, index=table.index)
+    out = Table(title=table_title(len(table), int(seen.sum())))
     for column in ("member", "status", *TABLE_COLUMNS):
         out.add_column(column, justify="left" if column in ("member", "status") else "right", no_wrap=True)
     varying = [key for key in swept if key in table and table[key].nunique(dropna=False) > 1] or swept
-    for _, row in shown.iterrows():
+    for index, row in shown.iterrows():
         label = " ".join(f"{key}={row.get(key)}" for key in varying) if row.get("member") else row.get("overrides")
-        cells = [str(label), str(row.get("status", ""))]
+        cells = [f"{label}{'*' if seen[index] else ''}", status_text(row)]
         for column in TABLE_COLUMNS.values():
             value = row.get(column)
             cells.append("" if value is None or pd.isna(value) else f"{float(value):.2f}")
-        out.add_row(*cells, style="red" if row.get("status") != "ok" else None)
+        out.add_row(*cells, style=ROW_STYLES.get(str(row.get("status"))))
     Console().print(out)
     print_best_trial(folder, Console())
     console.print(f"wrote {folder / run_folder.SWEEP_CSV}, {folder / run_folder.LONG_CSV} and {len(figures)} figures")
-    failed = table[table.status != "ok"] if "status" in table else table.iloc[0:0]
+    unfinished = table[table.status != "ok"] if "status" in table else table.iloc[0:0]
+    failed = unfinished[unfinished.status == "failed"]
     if len(failed):
         console.print(f"[red]{len(failed)} of {len(table)} members failed:[/red]")
         for _, row in failed.iterrows():
             console.print(f"  {row['overrides']}: {row['error']}")
-        return 1
-    return 0
+    stopped = unfinished[unfinished.status == "interrupted"]
+    if len(stopped):
+        console.print(
+            f"[yellow]{len(stopped)} of {len(table)} members interrupted[/yellow] (running the sweep again "
+            "into this folder continues them from their checkpoints):"
+        )
+        for _, row in stopped.iterrows():
+            console.print(f"  {row['overrides']}: {status_text(row)}")
+    return 1 if len(unfinished) else 0
+
+
+def status_text(row: pd.Series) -> str:
+    """A member's status for the table: ``interrupted at step 512`` names where it stopped."""
+    status, step = str(row.get("status", "")), row.get("step")
+    if status == "interrupted" and step is not None and not pd.isna(step):
+        return f"interrupted at step {int(step)}"
+    return status
+
+
+def table_title(members: int, trained_on_test: int) -> str:
+    """The sweep table's title: its -ELBO is held out only where no member trained on the test images."""
+    if not trained_on_test:
+        return f"{members} members, sorted by test -ELBO (test set, nats per image)"
+    return (
+        f"{members} members, sorted by -ELBO on the test images (nats per image)\n"
+        f"[yellow]* {trained_on_test} of {members} trained on them (data.train_on=all): not held out[/yellow]"
+    )
 
 
 def print_best_trial(folder: Path, console) -> None:

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vaecli.metrics import METRIC_COLUMNS
 from vaecli.run_folder import TB_DIR
-from vaecli.train import METRIC_COLUMNS
 
 # metrics-row keys written as scalars, each as "<split>/<key>": every column but the row's place
-SCALAR_KEYS = tuple(column for column in METRIC_COLUMNS if column not in ("step", "epoch", "split"))
+SCALAR_KEYS = tuple(column for column in METRIC_COLUMNS if column not in ("step", "epoch", "split", "held_out"))
 HParamValue = float | int | str
 
 

@@ -1,0 +1,1 @@
+"""vaecli's batched launcher: `vae sweep ... hydra/launcher=batched` (see batched_launcher.py)."""

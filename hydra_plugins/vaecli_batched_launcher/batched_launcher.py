@@ -1,0 +1,208 @@
+"""`vae sweep ... hydra/launcher=batched`: every compatible group of members trained as one stacked model.
+
+Hydra finds this launcher by its plugin discovery (the ``hydra_plugins`` namespace package), as it
+finds joblib's and submitit's. Members that may share a model (they differ only in ``beta``,
+``seed`` and ``latent_size``: :mod:`vaecli.stacked_groups`) are trained together, at most
+``max_group`` at a time, in this process with every usable CPU; each keeps its own batch order
+and noise, so it learns what it would learn alone. Every member is still an ordinary run folder:
+Hydra's ``run_job`` sets it up (``.hydra/``, train.log) and, after the group's last step, runs the
+member's task that writes checkpoint.pt, the figures and result.json (:mod:`vaecli.stacked_run`).
+
+Members that already completed with the same config are skipped by the ordinary task, as with any
+launcher. A first SIGINT/SIGTERM stops the running group after its current step: each unfinished
+member gets its checkpoint and a "failed ... interrupted" result.json (a rerun trains it again);
+a second Ctrl-C leaves at once.
+
+This module is imported by every Hydra app in the environment (plugin discovery), so it imports
+torch and vaecli only when a sweep launches. Hydra's scanner executes it without registering it in
+sys.modules first, so it cannot use ``from __future__ import annotations`` (dataclasses would fail).
+"""
+
+import copy
+import logging
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchedLauncherConf:
+    _target_: str = "hydra_plugins.vaecli_batched_launcher.batched_launcher.BatchedLauncher"
+    # the most members trained as one stacked model (memory grows with it); a larger set of compatible
+    # members is split into near-equal groups
+    max_group: int = 16
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="vaecli")
+
+
+@dataclass
+class Job:
+    """One member as the launcher sees it: Hydra's config for it, its task config and its folder."""
+
+    idx: int
+    overrides: list[str]
+    config: DictConfig  # with the hydra node, as run_job takes it
+    cfg: DictConfig  # without it, as the task gets it
+    out_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.out_dir.name
+
+
+class StopRequests:
+    """The first SIGINT or SIGTERM asks the running group to stop after its step; a second SIGINT quits at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: object = None) -> None:
+        if self.signum is None:
+            self.signum = signum
+            log.warning("%s: the group stops after this step and records its members", signal.Signals(signum).name)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGINT).name
+
+    @contextmanager
+    def installed(self) -> Iterator["StopRequests"]:
+        try:
+            previous = {number: signal.signal(number, self.handle) for number in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: nothing can be installed, Ctrl-C stays Python's
+            previous = {}
+        try:
+            yield self
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+class BatchedLauncher(Launcher):
+    def __init__(self, max_group: int) -> None:
+        self.max_group = int(max_group)
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from vaecli.run import completed
+        from vaecli.stacked_groups import plan_groups
+        from vaecli.stacked_run import GroupBoard
+
+        assert self.config is not None and self.task_function is not None
+        if self.max_group < 1:
+            raise ValueError(f"hydra.launcher.max_group={self.max_group} is not allowed: it must be >= 1")
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs = [self.job(initial_job_idx + k, overrides) for k, overrides in enumerate(job_overrides)]
+        returns: dict[int, JobReturn] = {}
+        pending = []
+        for k, job in enumerate(jobs):
+            if completed(job.cfg, job.out_dir):  # the ordinary task skips it, and says so in its train.log
+                returns[k] = self.run(job, self.task_function)
+            else:
+                pending.append(k)
+        groups = [[pending[j] for j in group] for group in plan_groups([jobs[k].cfg for k in pending], self.max_group)]
+        log.info(f"Launching {len(pending)} jobs as {len(groups)} stacked groups ({len(jobs) - len(pending)} done)")
+        board = GroupBoard(sweep_dir, [[jobs[k].name for k in group] for group in groups])
+        stop, data = StopRequests(), {}  # data: the images, loaded once per dataset
+        with stop.installed():
+            for number, group in enumerate(groups):
+                if stop.requested():  # stopped while a group wrote its files: start no other group
+                    raise KeyboardInterrupt(f"stopped by {stop.name}")
+                for k in group:
+                    log.info(f"\tgroup {number + 1}, #{jobs[k].idx} : {' '.join(filter_overrides(jobs[k].overrides))}")
+                returns.update(zip(group, self.train_group(number, [jobs[k] for k in group], board, stop, data)))
+        return [returns[k] for k in range(len(jobs))]
+
+    def job(self, idx: int, overrides: Sequence[str]) -> Job:
+        """Hydra's config for member ``idx`` and its folder, found as run_job finds it."""
+        assert self.hydra_context is not None and self.config is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        saved = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(config)  # the folder's name may use ${hydra:...}
+        try:
+            out_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(
+                OmegaConf.select(config, "hydra.sweep.subdir")
+            )
+        finally:
+            HydraConfig.instance().cfg = saved
+        cfg = copy.deepcopy(config)
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        return Job(idx, list(overrides), config, cfg, out_dir.absolute())
+
+    def run(self, job: Job, task_function: TaskFunction, callbacks: bool = True) -> JobReturn:
+        """Hydra's own run_job for this member: its folder, .hydra/, logging to its train.log, the task."""
+        from hydra._internal.callbacks import Callbacks
+
+        assert self.hydra_context is not None
+        context = self.hydra_context if callbacks else HydraContext(self.hydra_context.config_loader, Callbacks())
+        return run_job(
+            hydra_context=context,
+            task_function=task_function,
+            config=job.config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+    def train_group(self, number: int, jobs: list[Job], board: Any, stop: StopRequests, data: dict) -> list[JobReturn]:
+        """One group from the members' first file to their last; raises KeyboardInterrupt when stopped."""
+        from vaecli.runtime import threads_for
+        from vaecli.stacked_run import GroupRun, start_member
+
+        assert self.config is not None
+        started = time.perf_counter()
+        starts = [self.run(job, start_member, callbacks=False).return_value for job in jobs]
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the sweep's log while training
+        threads = threads_for(jobs[0].cfg.threads, self.config.hydra.launcher)
+        group = GroupRun([job.cfg for job in jobs], starts, threads, data)
+        board.state(number, "running")
+        try:
+            trained = time.perf_counter()
+            if not group.train(stop.requested, partial(board.step, number)):
+                group.interrupt(stop.name, consistent=True)
+                raise KeyboardInterrupt(f"stopped by {stop.name}")
+            finishing = time.perf_counter()
+            finished = {i: self.run(jobs[i], partial(group.finish, i)) for i in group.start_helpers(threads - 1)}
+            returns = [finished[i] for i in range(len(jobs))]
+        except KeyboardInterrupt:
+            group.interrupt(stop.name, consistent=False)  # members not yet recorded
+            board.state(number, "stopped")
+            raise
+        finally:
+            group.close()
+        board.state(number, "done")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        seconds = [trained - started, finishing - trained, time.perf_counter() - finishing]
+        log.info("group %d: members set up in %.1f s, trained in %.1f s, their files in %.1f s", number + 1, *seconds)
+        return returns

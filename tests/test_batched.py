@@ -1,0 +1,249 @@
+"""`vae sweep ... hydra/launcher=batched` on a small real slice: every member an ordinary run.
+
+Files, the solo equivalence of a group of one, a plain checkpoint for a padded member that every
+inspection command opens, failure isolation, interruption, --report and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import invoke
+from vaecli import checkpoint, run_folder
+from vaecli.stacked_run import FileHelpers, fork_helper, reap
+from vaecli.sweep import group_progress
+
+GRID = ["beta=0,0.5", "latent_size=2,10"]
+MEMBERS = {"beta=0,latent_size=2", "beta=0,latent_size=10", "beta=0.5,latent_size=2", "beta=0.5,latent_size=10"}
+BATCHED = "hydra/launcher=batched"
+RUN_FILES = [
+    ".hydra/config.yaml",
+    ".hydra/overrides.yaml",
+    ".hydra/hydra.yaml",
+    "train.log",
+    "metrics.csv",
+    "loss.png",
+    "reconstructions.png",
+    "traversal.png",
+    "checkpoint.pt",
+    "result.json",
+]
+TERMS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
+
+
+def sweep(runner, tiny, sweep_dir, *overrides):
+    return invoke(runner, "sweep", *tiny, *overrides, BATCHED, f"hydra.sweep.dir={sweep_dir}")
+
+
+def result_of(member: Path) -> dict:
+    return json.loads((member / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def batched_sweep(tmp_path_factory, runner, tiny):
+    """The grid as one group, with two threads: one forked helper writes half of the members' files."""
+    sweep_dir = tmp_path_factory.mktemp("batched") / "sweep"
+    two_threads = [item for item in tiny if not item.startswith("threads=")] + ["threads=2"]
+    result = sweep(runner, two_threads, sweep_dir, *GRID)
+    assert result.exit_code == 0, result.output
+    return sweep_dir, result
+
+
+def test_every_member_is_an_ordinary_run(batched_sweep):
+    sweep_dir, result = batched_sweep
+    assert {path.name for path in run_folder.member_dirs(sweep_dir)} == MEMBERS
+    for member in MEMBERS:
+        for name in RUN_FILES:
+            assert (sweep_dir / member / name).is_file(), (member, name)
+        log = (sweep_dir / member / "train.log").read_text()
+        assert "config:" in log and "stacked with 3 other sweep members" in log and "step 8:" in log
+        assert log.rstrip().endswith(f"wrote {sweep_dir / member}")
+        assert result_of(sweep_dir / member)["status"] == "ok"
+    assert "BatchedLauncher" in (sweep_dir / "multirun.yaml").read_text()
+    [group] = run_folder.read_groups(sweep_dir)
+    assert set(group["members"]) == MEMBERS and group["state"] == "done" and group["step"] == group["steps"] == 8
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert len(table) == 4 and set(table.status) == {"ok"} and table.test_neg_elbo_nats.notna().all()
+    assert "4 members" in result.stdout and "through the batched launcher" in result.stderr
+
+
+def test_a_padded_member_checkpoint_is_a_plain_model_of_its_own_size(batched_sweep):
+    """latent_size=2 trained in a group padded to 10: a plain latent_size=2 VAE, optimizer and position."""
+    file = batched_sweep[0] / "beta=0.5,latent_size=2" / "checkpoint.pt"
+    loaded = checkpoint.load_model(file, device="cpu")
+    assert loaded.model.latent_size == 2 and loaded.config.latent_size == 2
+    state = loaded.model.state_dict()
+    assert state["encoder.head.weight"].shape == (4, 100) and state["decoder.body.0.weight"].shape == (100, 2)
+    payload = checkpoint.load(file)
+    optimizer = torch.optim.Adam(loaded.model.parameters())
+    optimizer.load_state_dict(payload["optimizer"])  # a plain Adam over the plain model's parameters
+    assert payload["step"] == 8 and payload["training"]["position"]["step"] == 8
+    assert set(payload["rng"]) == {"torch", "shuffle"}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reconstruct"],
+        ["traverse"],
+        ["traverse", "--mode", "map", "--steps", "4"],
+        ["sample", "--n", "3"],
+        ["interpolate", "--steps", "4"],
+        ["embed", "--n", "200"],
+    ],
+)
+def test_inspection_commands_open_a_batched_member(batched_sweep, runner, tmp_path, command):
+    member = batched_sweep[0] / "beta=0.5,latent_size=2"
+    out = tmp_path / f"{command[0]}.png"
+    result = invoke(runner, command[0], "-c", str(member), *command[1:], "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.stat().st_size > 500
+
+
+def test_a_group_of_one_reproduces_vae_train(runner, tiny, tmp_path):
+    sweep_dir = tmp_path / "ones"
+    result = sweep(runner, tiny, sweep_dir, "beta=0,0.5", "latent_size=3", "hydra.launcher.max_group=1")
+    assert result.exit_code == 0, result.output
+    assert [group["members"] for group in run_folder.read_groups(sweep_dir)] == [["beta=0"], ["beta=0.5"]]
+    solo_dir = tmp_path / "solo"
+    assert invoke(runner, "train", *tiny, "beta=0.5", "latent_size=3", f"hydra.run.dir={solo_dir}").exit_code == 0
+    member = sweep_dir / "beta=0.5"
+    mine, theirs = pd.read_csv(member / "metrics.csv"), pd.read_csv(solo_dir / "metrics.csv")
+    assert list(mine.columns) == list(theirs.columns)
+    assert mine[["step", "split", "epoch"]].equals(theirs[["step", "split", "epoch"]])
+    for column in TERMS:
+        assert mine[column].to_numpy() == pytest.approx(theirs[column].to_numpy(), rel=1e-5), column
+    ours, alone = checkpoint.load(member / "checkpoint.pt"), checkpoint.load(solo_dir / "checkpoint.pt")
+    assert ours["config"] == alone["config"] and ours["step"] == alone["step"]
+    for name, value in alone["model"].items():
+        torch.testing.assert_close(ours["model"][name], value, rtol=0, atol=1e-5)
+    for stream in ("torch", "shuffle"):  # the noise and batch order a continued run would draw next
+        assert torch.equal(ours["rng"][stream], alone["rng"][stream]), stream
+    solo_result = result_of(solo_dir)
+    assert set(result_of(member)) == set(solo_result) and result_of(member)["config_hash"] == solo_result["config_hash"]
+
+
+def test_a_diverging_member_fails_alone_while_the_others_finish(runner, tiny, tmp_path):
+    sweep_dir = tmp_path / "nan"
+    result = sweep(runner, tiny, sweep_dir, "train.lr=1e-3,1e6", "beta=0,0.5")
+    assert result.exit_code == 1
+    groups = run_folder.read_groups(sweep_dir)
+    assert len(groups) == 2  # train.lr is a grouping key
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    failed, done = table[table["train.lr"] == 1e6], table[table["train.lr"] == 1e-3]
+    assert set(failed.status) == {"failed"} and set(done.status) == {"ok"}
+    assert failed.error.str.match(r"TrainingDiverged: loss became (nan|inf) at step \d+; try a smaller train.lr").all()
+    for member in failed.member:
+        assert not (sweep_dir / member / "checkpoint.pt").exists()  # as a solo run that diverged
+        assert "run failed: TrainingDiverged" in (sweep_dir / member / "train.log").read_text()
+    assert all((sweep_dir / member / "checkpoint.pt").is_file() for member in done.member)
+    assert "2 of 4 members failed" in result.stderr
+
+
+def test_report_and_resume_on_a_batched_sweep_folder(batched_sweep, runner, tiny, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(batched_sweep[0], copy)
+    (copy / "sweep.csv").unlink()
+    report = invoke(runner, "sweep", "--report", str(copy))
+    assert report.exit_code == 0, report.output
+    assert set(pd.read_csv(copy / "sweep.csv").status) == {"ok"}
+
+    done, broken, gone = copy / "beta=0,latent_size=2", copy / "beta=0.5,latent_size=10", copy / "beta=0,latent_size=10"
+    kept_stamp = (done / "checkpoint.pt").stat().st_mtime_ns
+    (broken / "result.json").write_text(json.dumps({"status": "failed", "error": "simulated"}))
+    shutil.rmtree(gone)
+    result = sweep(runner, tiny, copy, *GRID)
+    assert result.exit_code == 0, result.output
+    assert (done / "checkpoint.pt").stat().st_mtime_ns == kept_stamp
+    assert "already completed with this config; skipped" in (done / "train.log").read_text()
+    [group] = run_folder.read_groups(copy)
+    assert sorted(group["members"]) == sorted([broken.name, gone.name])  # only the two that needed it
+    assert result_of(broken)["status"] == result_of(gone)["status"] == "ok"
+    assert set(pd.read_csv(copy / "sweep.csv").status) == {"ok"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap since the merge with the stop/resume loop: a batched sweep stopped by a signal exits "
+    "128+signal before writing sweep.csv (vae sweep --report still aggregates it); issue 11 stays open",
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_records_every_unfinished_member(tiny, tmp_path, signum):
+    sweep_dir = tmp_path / "stopped"
+    command = [sys.executable, "-m", "vaecli", "sweep", *tiny, "train.steps=20000", "beta=0,0.5", BATCHED]
+    process = subprocess.Popen(
+        [*command, f"hydra.sweep.dir={sweep_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        groups = run_folder.read_groups(sweep_dir) or [{}]
+        if groups[0].get("step", 0) >= 32:
+            break
+        time.sleep(0.2)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr  # as every sweep stopped by a signal
+    for member in ("beta=0", "beta=0.5"):
+        result = result_of(sweep_dir / member)
+        assert result["status"] == "failed", result
+        step = checkpoint.load(sweep_dir / member / "checkpoint.pt")["step"]
+        assert 32 <= step < 20000
+        assert result["error"] == (
+            f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint.pt holds step {step}; "
+            "rerun the sweep to train it"
+        )
+    assert set(pd.read_csv(sweep_dir / "sweep.csv").status) == {"failed"}
+
+
+def test_file_helpers_write_a_share_each_and_failures_fall_back_here(tmp_path):
+    def write(i: int) -> None:
+        if i == 5:
+            raise RuntimeError("a helper that fails after its first member")
+        (tmp_path / f"{i}-{os.getpid()}").write_text("")
+
+    helpers = FileHelpers(write, [0, 1, 2, 3, 4, 5], workers=2)
+    assert helpers.order(range(6)) == [0, 3, 1, 2, 4, 5]  # this process's share (0, 3) first
+    assert [helpers.written(i) for i in (1, 2, 4, 5)] == [True, False, True, False]
+    assert not helpers.written(0)  # this process's own
+    pids = {int(path.name.split("-")[1]) for path in tmp_path.iterdir()}
+    assert sorted(int(path.name.split("-")[0]) for path in tmp_path.iterdir()) == [1, 2, 4]
+    assert os.getpid() not in pids and len(pids) == 2
+    assert FileHelpers(write, [0, 1], workers=0).order(range(2)) == [0, 1]
+
+
+def test_a_hanging_helper_is_stopped(tmp_path):
+    pid = fork_helper(lambda i: time.sleep(60), [0])
+    started = time.monotonic()
+    assert not reap(pid, timeout=0.5) and time.monotonic() - started < 10
+
+
+def test_the_progress_line_names_the_running_group(tmp_path):
+    assert group_progress(tmp_path) == ("", 0.0)
+    groups = [
+        {"members": ["a", "b"], "state": "done", "step": 8, "steps": 8},
+        {"members": ["c", "d", "e"], "state": "running", "step": 256, "steps": 1024},
+    ]
+    run_folder.write_groups(tmp_path, groups)
+    assert group_progress(tmp_path) == ("group 2 of 2 (3 members) at step 256/1024", 0.25)
+    groups[1]["state"] = "done"
+    run_folder.write_groups(tmp_path, groups)
+    assert group_progress(tmp_path) == ("2 of 2 groups done", 0.0)
+
+
+def test_max_group_below_one_is_refused_before_anything_runs(runner, tmp_path):
+    result = invoke(
+        runner, "sweep", "beta=0,1", BATCHED, "hydra.launcher.max_group=0", f"hydra.sweep.dir={tmp_path / 's'}"
+    )
+    assert result.exit_code == 2 and "hydra.launcher.max_group=0 is not allowed" in result.stderr
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,73 @@
+"""Which sweep members can train together as one stacked model, and in how many groups.
+
+Members may differ only in ``beta``, ``seed`` and ``latent_size``; any other difference (hidden
+sizes, batch size, steps or epochs, learning rate, data, device, ...) puts them in different
+groups. ``train.lr`` is a grouping key because one fused Adam over the stacks has one lr.
+Keys that change neither the numbers nor the shapes (progress bar, thread count) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from vaecli.stacked import GroupSettings, Member
+from vaecli.train import total_steps
+
+MEMBER_KEYS = ("beta", "seed", "latent_size")  # may differ inside a group
+IGNORED_KEYS = ("threads", "train.progress")  # change nothing a member computes
+
+
+def group_key(cfg: Any) -> str:
+    """The config with the member keys and the ignored keys removed, as canonical JSON."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in (*MEMBER_KEYS, *IGNORED_KEYS):
+        *parents, last = dotted.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+def plan_groups(cfgs: Sequence[Any], max_group: int) -> list[list[int]]:
+    """Member indices grouped by :func:`group_key` (in first-seen order), split into groups of at most
+    ``max_group`` of near-equal size (17 members and max 16 give 9 + 8, not 16 + 1)."""
+    if max_group < 1:
+        raise ValueError("max_group must be >= 1")
+    by_key: dict[str, list[int]] = {}
+    for index, cfg in enumerate(cfgs):
+        by_key.setdefault(group_key(cfg), []).append(index)
+    groups: list[list[int]] = []
+    for indices in by_key.values():
+        parts = math.ceil(len(indices) / max_group)
+        size, extra = divmod(len(indices), parts)
+        start = 0
+        for part in range(parts):
+            end = start + size + (1 if part < extra else 0)
+            groups.append(indices[start:end])
+            start = end
+    return groups
+
+
+def member_of(cfg: Any) -> Member:
+    return Member(seed=int(cfg.seed), beta=float(cfg.beta), latent_size=int(cfg.latent_size))
+
+
+def settings_of(cfg: Any, examples: int) -> GroupSettings:
+    """The shared settings of ``cfg``'s group; ``examples`` is the training set size (for train.epochs)."""
+    return GroupSettings(
+        steps=total_steps(cfg, examples),
+        batch_size=int(cfg.train.batch_size),
+        lr=float(cfg.train.lr),
+        shuffle=bool(cfg.train.shuffle),
+        eval_every=cfg.train.eval_every,
+        hidden_sizes=tuple(int(size) for size in cfg.model.hidden_sizes),
+        min_scale=float(cfg.model.min_scale),
+        fail_at_step=cfg.get("fail_at_step"),
+    )
