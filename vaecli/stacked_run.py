@@ -175,6 +175,8 @@ class GroupRun:
     def start_helpers(self, workers: int) -> list[int]:
         """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`);
         returns the order to finish the members in: this process's share first."""
+        if self.trainer is None or self.device.type != "cpu":
+            workers = 0  # a forked child cannot use the parent's CUDA (or MPS) context
         self.helpers = FileHelpers(self.save, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
         return self.helpers.order(range(len(self.cfgs)))
 
