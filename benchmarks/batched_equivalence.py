@@ -6,7 +6,7 @@ ordinary solo runs with seed=0,1,2 (48 members: `--solo-launcher`, joblib by def
 over the three seeds, the batched run, whether it lies inside, and its gap to the solo run of the
 same seed (the same batches and noise: float rounding only). Long: about 64 runs of 1024 steps.
 
-  python benchmarks/batched_equivalence.py [--steps 1024] [--solo-launcher joblib] [--keep DIR]
+  python benchmarks/batched_equivalence.py [--steps 1024] [--solo-launcher joblib] [--keep DIR] [overrides ...]
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1024)
     parser.add_argument("--solo-launcher", default="joblib")
     parser.add_argument("--keep", help="write the two sweep folders here instead of a temporary folder")
+    parser.add_argument("overrides", nargs="*", help="more Hydra overrides for both sweeps (e.g. threads=1)")
     args = parser.parse_args()
-    fixed = [f"train.steps={args.steps}", "device=cpu"]
+    fixed = [f"train.steps={args.steps}", "device=cpu", *args.overrides]
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)
         batched = sweep(root / "batched", *STUDY, *fixed, "hydra/launcher=batched")

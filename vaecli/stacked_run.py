@@ -11,7 +11,7 @@ closes every member's folder as it does for any launcher:
    weights turn non-finite is recorded "failed" there and then, and the others carry on;
 3. :meth:`GroupRun.finish`, as the member's task inside ``run_job`` (with the sweep's callbacks):
    checkpoint.pt of a plain single model, the figures and result.json through :func:`vaecli.run.save_run`,
-   as `vae train` writes them.
+   as `vae train` writes them; on Linux, forked :class:`FileHelpers` write a share of them meanwhile.
 
 A group stopped early (SIGINT/SIGTERM) records every unfinished member: its checkpoint at the step
 reached, with the loop position a later run continues from, and result.json "failed" saying it was
@@ -182,6 +182,8 @@ class GroupRun:
     def start_helpers(self, workers: int) -> list[int]:
         """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`);
         returns the order to finish the members in: this process's share first."""
+        if self.trainer is None or self.device.type != "cpu":
+            workers = 0  # a forked child cannot use the parent's CUDA (or MPS) context
         self.helpers = FileHelpers(self.save, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
         return self.helpers.order(range(len(self.cfgs)))
 
