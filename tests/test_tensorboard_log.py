@@ -286,9 +286,11 @@ def test_a_failed_run_is_a_failed_hparams_session(runner, tiny, tmp_path: Path):
     assert end.status == Status.Value("STATUS_FAILURE")
 
 
-def test_a_sweep_gives_one_tensorboard_run_and_hparams_row_per_member(runner, tiny, tmp_path: Path):
+@pytest.mark.parametrize("launcher", ["basic", "batched"])
+def test_a_sweep_gives_one_tensorboard_run_and_hparams_row_per_member(runner, tiny, tmp_path: Path, launcher: str):
     sweep_dir = tmp_path / "sweep"
-    result = invoke(runner, "sweep", *tiny, "beta=0,0.5", "logger=tensorboard", f"hydra.sweep.dir={sweep_dir}")
+    overrides = ["beta=0,0.5", "logger=tensorboard", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}"]
+    result = invoke(runner, "sweep", *tiny, *overrides)
     assert result.exit_code == 0, result.output
     assert f"tensorboard --logdir {sweep_dir}" in result.stderr.replace("\n", "")
     runs = EventMultiplexer().AddRunsFromDirectory(str(sweep_dir))

@@ -34,6 +34,7 @@ from vaecli.runtime import pick_device, preemption_signal, slurm_job_id, threads
 from vaecli.signals import STOP, Interrupted, exit_code, signal_name
 
 if TYPE_CHECKING:
+    from vaecli.tensorboard_log import RunEvents
     from vaecli.train import RowHook
 
 log = logging.getLogger("vaecli")
@@ -195,8 +196,13 @@ def run_place() -> dict[str, Any]:
 def run_logger(cfg: DictConfig, out_dir: Path) -> AbstractContextManager[Any]:
     """``logger=tensorboard``: a row hook writing TensorBoard events (``with`` it: its exit writes the
     HParams row, failed or not); ``logger=csv``: no hook, metrics.csv is the whole record."""
+    return run_events(cfg, out_dir) or nullcontext(None)
+
+
+def run_events(cfg: DictConfig, out_dir: Path) -> RunEvents | None:
+    """The run's TensorBoard events (:class:`vaecli.tensorboard_log.RunEvents`) under ``logger=tensorboard``."""
     if cfg.logger.name != "tensorboard":
-        return nullcontext(None)
+        return None
     from vaecli.tensorboard_log import RunEvents
 
     shown = {key: value for key, value in resuming.deciding_config(cfg).items() if key != "logger"}  # HParams columns

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaecli import run_folder
 from vaecli.config import test_held_out
 from vaecli.metrics import MetricsWriter
-from vaecli.run import config_hash, run_place, save_run
+from vaecli.run import config_hash, run_events, run_place, save_run
 from vaecli.runtime import pick_device
 from vaecli.stacked import Failure, StackedTrainer
 from vaecli.stacked_groups import member_of, settings_of
@@ -119,9 +119,13 @@ class GroupRun:
         An error (no data, a bug) fails every member with it, as each solo run would have failed.
         """
         writers: list[MetricsWriter] = []
+        events = [run_events(cfg, start.out_dir) for cfg, start in zip(self.cfgs, self.starts)]  # logger=tensorboard
 
         def row(i: int, values: dict[str, Any]) -> None:
             writers[i].write(values)
+            if events[i] is not None:  # the member's own model for the pictures of its test rows
+                model = trainer.model.member_model(trainer.running.index(i)) if values["split"] == "test" else None
+                events[i](values, model)
             if values["split"] == "train":
                 self.loggers[i].info(
                     f"step {values['step']}: loss {values['loss']:.5f}, neg_elbo_nats {values['neg_elbo_nats']:.2f}"
@@ -147,6 +151,10 @@ class GroupRun:
         finally:
             for writer in writers:
                 writer.close()
+            done = self.trainer is not None and self.trainer.step == self.settings.steps
+            for i, sink in enumerate(events):
+                if sink is not None:  # before any helper forks: the events writer runs a thread
+                    sink.close(failed=i in self.errors or not done)
         return trainer.step == self.settings.steps or not trainer.running
 
     def failed(self, i: int, failure: Failure) -> None:

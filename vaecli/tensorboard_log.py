@@ -161,8 +161,12 @@ class RunEvents:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=kind is not None)
+
+    def close(self, failed: bool) -> None:
+        """The HParams session of the rows seen so far, then the events reach disk."""
         try:
-            self.events.hparams(self.config, self.final, self.step, failed=kind is not None)
+            self.events.hparams(self.config, self.final, self.step, failed=failed)
         finally:
             self.events.close()
 
