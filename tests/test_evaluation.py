@@ -176,10 +176,10 @@ def test_fast_softplus_sum_matches_float64_softplus():
     torch.manual_seed(7)
     logits = torch.cat([torch.randn(64, 784) * 12, torch.full((1, 784), 40.0), torch.full((1, 784), -40.0)])
     expected = F.softplus(logits.double()).sum(-1)
-    error = (softplus_sum(logits).double() - expected).abs()
-    assert (error < 1e-4 + 4e-7 * expected).all(), error.max()  # a few float32 roundings of the sum
-    odd = torch.randn(5, 30)  # not a multiple of the group: plain softplus
-    assert torch.allclose(softplus_sum(odd), F.softplus(odd).sum(-1))
+    error = (softplus_sum(logits) - expected).abs()
+    assert error.max() < 2e-5, error.max()  # sums near 4000 nats: a float32 F.softplus(l).sum(-1) is off by 5e-4
+    odd = torch.randn(5, 30)  # not a multiple of the group: log1p per pixel
+    assert torch.allclose(softplus_sum(odd), F.softplus(odd.double()).sum(-1))
 
 
 def model_with_known_latent_use() -> VAE:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from vaecli.errors import UsageError
 from vaecli.likelihoods import cb_log_normalizer
@@ -34,19 +33,23 @@ ProgressHook = Callable[[int, int], None]  # (images done, images in all)
 
 
 def softplus_sum(logits: torch.Tensor) -> torch.Tensor:
-    """sum over the last dim of softplus(l), about twice as fast as F.softplus(l).sum(-1) on a CPU.
+    """sum over the last dim of softplus(l) (float64), about twice as fast as F.softplus(l).sum(-1) on a CPU."""
+    return softplus_sum_from_magnitudes(logits.sum(-1, dtype=torch.float64), logits.abs())
 
-    softplus(l) = relu(l) + log(1 + exp(-|l|)), sum relu(l) = (sum l + sum |l|) / 2, and the
-    log1p (not vectorised in torch's CPU kernels) becomes one log per group of 16 factors in (1, 2].
-    Error: a few float32 roundings of the sum, as for the plain sum (tests check it against float64).
+
+def softplus_sum_from_magnitudes(logit_sum: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
+    """sum softplus(l) from sum l and |l|; overwrites ``magnitudes`` (no new pixel-sized tensor).
+
+    softplus(l) = relu(l) + log(1 + exp(-|l|)) and sum relu(l) = (sum l + sum |l|) / 2, summed in
+    float64 because the two nearly cancel when many logits are large and negative. The log1p (not
+    vectorised in torch's CPU kernels) becomes one log per group of 16 factors in (1, 2].
     """
-    pixels = logits.shape[-1]
-    if pixels % SOFTPLUS_GROUP:
-        return F.softplus(logits).sum(-1)
-    magnitude = logits.abs()
-    relu_sum = 0.5 * (logits.sum(-1) + magnitude.sum(-1))
-    factors = magnitude.neg_().exp_().add_(1.0)
-    return relu_sum + factors.view(*logits.shape[:-1], -1, SOFTPLUS_GROUP).prod(-1).log_().sum(-1)
+    relu_sum = 0.5 * (logit_sum + magnitudes.sum(-1, dtype=torch.float64))
+    factors = magnitudes.neg_().exp_()
+    if magnitudes.shape[-1] % SOFTPLUS_GROUP:
+        return relu_sum + factors.log1p_().sum(-1, dtype=torch.float64)
+    grouped = factors.add_(1.0).view(*magnitudes.shape[:-1], -1, SOFTPLUS_GROUP).prod(-1).log_()
+    return relu_sum + grouped.sum(-1, dtype=torch.float64)
 
 
 def bits_per_dim(nats: float, pixels: int) -> float:
@@ -93,8 +96,10 @@ class PerImageBound:
 class PixelLogDensity:
     """sum over pixels of log p(x|z) for a fixed chunk of images x, at many z at once.
 
-    The x-dependent part of x . l is computed once here; each call then costs one pass through the
-    decoder plus a softplus over the logits.
+    x . l = (x W) . h + x . b, with x W and x . b computed once per image; sum l = h . (sum of W's
+    rows) + sum b. Each call then costs one pass through the decoder and a few in-place passes over
+    one logits buffer: |l|, exp(-|l|), a product per group, and log C(|l|) for a continuous Bernoulli.
+    Per-draw figures are combined in float64.
     """
 
     def __init__(self, model: VAE, x: torch.Tensor):
@@ -102,17 +107,20 @@ class PixelLogDensity:
         self.body, self.weight, self.bias = model.decoder.body, head.weight, head.bias
         self.x_weight = x @ self.weight  # (b, hidden)
         self.x_bias = x @ self.bias  # (b,)
+        self.weight_sum = self.weight.double().sum(0)
+        self.bias_sum = self.bias.double().sum()
         self.continuous = model.decoder.likelihood == "continuous_bernoulli"
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        """z (s, b, d) -> log p(x_b | z_sb) of shape (s, b)."""
+        """z (s, b, d) -> log p(x_b | z_sb) of shape (s, b), float64."""
         hidden = self.body(z)
-        logits = torch.addmm(self.bias, hidden.reshape(-1, hidden.shape[-1]), self.weight.t())
-        log_density = (hidden * self.x_weight).sum(-1) + self.x_bias
-        if self.continuous:
-            log_density += cb_log_normalizer(logits).sum(-1).view(hidden.shape[:-1])
-        log_density -= softplus_sum(logits).view(hidden.shape[:-1])
-        return log_density
+        shape, flat = hidden.shape[:-1], hidden.reshape(-1, hidden.shape[-1])
+        magnitudes = torch.addmm(self.bias, flat, self.weight.t()).abs_()
+        log_density = ((hidden * self.x_weight).sum(-1) + self.x_bias).double()
+        if self.continuous:  # log C is even in l
+            log_density += cb_log_normalizer(magnitudes).sum(-1, dtype=torch.float64).view(shape)
+        logit_sum = flat.double() @ self.weight_sum + self.bias_sum
+        return log_density - softplus_sum_from_magnitudes(logit_sum, magnitudes).view(shape)
 
 
 def log_weights(model: VAE, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,10 +183,9 @@ def importance_weighted_bound(
             draws = min(per_pass, k - start)
             noise = torch.randn((draws, len(x), q.loc.shape[-1]), generator=generator).to(device)
             log_w, log_px_z = _log_weights(q.loc, q.scale, log_density, noise)
-            log_w = log_w.double()
             log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
             weight_sum += log_w.sum(0)
-            nll_sum -= log_px_z.double().sum(0)
+            nll_sum -= log_px_z.sum(0)
         results["iwae"].append((log_sum - math.log(k)).cpu())
         results["elbo"].append((weight_sum / k).cpu())
         results["reconstruction"].append((nll_sum / k).cpu())
