@@ -32,9 +32,14 @@ SOFTPLUS_GROUP = 16  # pixels whose factors 1 + exp(-|l|) are multiplied before 
 ProgressHook = Callable[[int, int], None]  # (images done, images in all)
 
 
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 for sums over pixels and draws, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def softplus_sum(logits: torch.Tensor) -> torch.Tensor:
     """sum over the last dim of softplus(l) (float64), about twice as fast as F.softplus(l).sum(-1) on a CPU."""
-    return softplus_sum_from_magnitudes(logits.sum(-1, dtype=torch.float64), logits.abs())
+    return softplus_sum_from_magnitudes(logits.sum(-1, dtype=accumulation_dtype(logits.device)), logits.abs())
 
 
 def softplus_sum_from_magnitudes(logit_sum: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
@@ -44,12 +49,13 @@ def softplus_sum_from_magnitudes(logit_sum: torch.Tensor, magnitudes: torch.Tens
     float64 because the two nearly cancel when many logits are large and negative. The log1p (not
     vectorised in torch's CPU kernels) becomes one log per group of 16 factors in (1, 2].
     """
-    relu_sum = 0.5 * (logit_sum + magnitudes.sum(-1, dtype=torch.float64))
+    dtype = logit_sum.dtype
+    relu_sum = 0.5 * (logit_sum + magnitudes.sum(-1, dtype=dtype))
     factors = magnitudes.neg_().exp_()
     if magnitudes.shape[-1] % SOFTPLUS_GROUP:
-        return relu_sum + factors.log1p_().sum(-1, dtype=torch.float64)
+        return relu_sum + factors.log1p_().sum(-1, dtype=dtype)
     grouped = factors.add_(1.0).view(*magnitudes.shape[:-1], -1, SOFTPLUS_GROUP).prod(-1).log_()
-    return relu_sum + grouped.sum(-1, dtype=torch.float64)
+    return relu_sum + grouped.sum(-1, dtype=dtype)
 
 
 def bits_per_dim(nats: float, pixels: int) -> float:
@@ -99,27 +105,28 @@ class PixelLogDensity:
     x . l = (x W) . h + x . b, with x W and x . b computed once per image; sum l = h . (sum of W's
     rows) + sum b. Each call then costs one pass through the decoder and a few in-place passes over
     one logits buffer: |l|, exp(-|l|), a product per group, and log C(|l|) for a continuous Bernoulli.
-    Per-draw figures are combined in float64.
+    Per-draw figures are combined in float64 (float32 on MPS, which has no float64).
     """
 
     def __init__(self, model: VAE, x: torch.Tensor):
         head = model.decoder.head
         self.body, self.weight, self.bias = model.decoder.body, head.weight, head.bias
+        self.dtype = accumulation_dtype(head.weight.device)
         self.x_weight = x @ self.weight  # (b, hidden)
         self.x_bias = x @ self.bias  # (b,)
-        self.weight_sum = self.weight.double().sum(0)
-        self.bias_sum = self.bias.double().sum()
+        self.weight_sum = self.weight.to(self.dtype).sum(0)
+        self.bias_sum = self.bias.to(self.dtype).sum()
         self.continuous = model.decoder.likelihood == "continuous_bernoulli"
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        """z (s, b, d) -> log p(x_b | z_sb) of shape (s, b), float64."""
+        """z (s, b, d) -> log p(x_b | z_sb) of shape (s, b)."""
         hidden = self.body(z)
         shape, flat = hidden.shape[:-1], hidden.reshape(-1, hidden.shape[-1])
         magnitudes = torch.addmm(self.bias, flat, self.weight.t()).abs_()
-        log_density = ((hidden * self.x_weight).sum(-1) + self.x_bias).double()
+        log_density = ((hidden * self.x_weight).sum(-1) + self.x_bias).to(self.dtype)
         if self.continuous:  # log C is even in l
-            log_density += cb_log_normalizer(magnitudes).sum(-1, dtype=torch.float64).view(shape)
-        logit_sum = flat.double() @ self.weight_sum + self.bias_sum
+            log_density += cb_log_normalizer(magnitudes).sum(-1, dtype=self.dtype).view(shape)
+        logit_sum = flat.to(self.dtype) @ self.weight_sum + self.bias_sum
         return log_density - softplus_sum_from_magnitudes(logit_sum, magnitudes).view(shape)
 
 
@@ -169,6 +176,7 @@ def importance_weighted_bound(
     if len(images) == 0:
         raise UsageError("no images to evaluate")
     device = model.decoder.head.weight.device
+    dtype = accumulation_dtype(device)
     per_chunk, per_pass = chunk_sizes(k, latents_per_pass)
     results: dict[str, list[torch.Tensor]] = {"iwae": [], "elbo": [], "reconstruction": [], "kl": []}
     done = 0
@@ -176,9 +184,9 @@ def importance_weighted_bound(
         x = x.to(device)
         q = model.encoder(x)
         log_density = PixelLogDensity(model, x)
-        log_sum = torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
-        weight_sum = torch.zeros(len(x), dtype=torch.float64, device=device)
-        nll_sum = torch.zeros(len(x), dtype=torch.float64, device=device)
+        log_sum = torch.full((len(x),), -math.inf, dtype=dtype, device=device)
+        weight_sum = torch.zeros(len(x), dtype=dtype, device=device)
+        nll_sum = torch.zeros(len(x), dtype=dtype, device=device)
         for start in range(0, k, per_pass):
             draws = min(per_pass, k - start)
             noise = torch.randn((draws, len(x), q.loc.shape[-1]), generator=generator).to(device)
@@ -186,10 +194,10 @@ def importance_weighted_bound(
             log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, 0))
             weight_sum += log_w.sum(0)
             nll_sum -= log_px_z.sum(0)
-        results["iwae"].append((log_sum - math.log(k)).cpu())
-        results["elbo"].append((weight_sum / k).cpu())
-        results["reconstruction"].append((nll_sum / k).cpu())
-        results["kl"].append(kl_to_standard_normal(q).sum(-1).double().cpu())
+        results["iwae"].append((log_sum - math.log(k)).cpu().double())
+        results["elbo"].append((weight_sum / k).cpu().double())
+        results["reconstruction"].append((nll_sum / k).cpu().double())
+        results["kl"].append(kl_to_standard_normal(q).sum(-1).cpu().double())
         done += len(x)
         if on_progress is not None:
             on_progress(done, len(images))
