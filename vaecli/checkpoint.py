@@ -118,12 +118,13 @@ def load_model(path: str | Path, device: str = "auto") -> Loaded:
 
 
 def stored_config(payload: dict[str, Any], file: Path) -> Any:
-    from omegaconf import OmegaConf
+    """The checkpoint's config; one written before a key existed gets that key's default (config.LATER_KEYS)."""
+    from vaecli.config import with_later_keys
 
     config = payload.get("config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} holds no config; pass a checkpoint.pt that `vae train` wrote")
-    return OmegaConf.create(config)
+    return with_later_keys(config)
 
 
 def rebuild(config: Any, file: Path) -> VAE:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 from vaecli.errors import UsageError
 
@@ -92,8 +92,39 @@ class Config:
     threads: int = 0  # torch threads; 0 = the CPUs this run may use, shared among parallel members
 
 
+# keys added after checkpoints were first written (issue 10); an older stored config gets their defaults,
+# which keep the seed's behaviour: grey levels, a Bernoulli decoder, ReLU, torch's Adam, no bound
+LATER_KEYS = (
+    "data.binarize",
+    "model.likelihood",
+    "model.activation",
+    "train.adam_betas",
+    "train.adam_eps",
+    "train.lr_schedule",
+    "eval",
+)
+
+
 def register() -> None:
     ConfigStore.instance().store(name="vaecli_schema", node=Config)
+
+
+def with_later_keys(stored: dict) -> DictConfig:
+    """A stored config (a checkpoint's) with :data:`LATER_KEYS` it lacks set to their defaults.
+
+    Only keys whose section is there are added: a config missing whole sections stays as broken as it is.
+    """
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(stored)
+    defaults = OmegaConf.structured(Config)
+    for key in LATER_KEYS:
+        section = key.rpartition(".")[0]
+        if OmegaConf.select(cfg, key) is None and (not section or OmegaConf.select(cfg, section) is not None):
+            value = OmegaConf.select(defaults, key)
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
 
 
 class ConfigValueError(UsageError):

@@ -44,8 +44,12 @@ def model_device(model: VAE) -> torch.device:
 
 @torch.no_grad()
 def decode(model: VAE, z: torch.Tensor) -> torch.Tensor:
-    """Decoder means (pixel probabilities) for CPU latents ``z``, returned on the CPU."""
-    return model.decoder(z.to(model_device(model))).probs.cpu()
+    """Decoder means for CPU latents ``z``, returned on the CPU.
+
+    The mean of p(x|z): the pixel probabilities of a Bernoulli; for a continuous Bernoulli it differs
+    from its parameter (pulled towards 1/2), so ``.mean``, never ``.probs``.
+    """
+    return model.decoder(z.to(model_device(model))).mean.cpu()
 
 
 @torch.no_grad()

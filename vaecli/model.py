@@ -103,15 +103,11 @@ class VAE(nn.Module):
 
 
 def build_model(cfg: Any) -> VAE:
-    """The model a run's config describes (a composed config or one stored in a checkpoint).
-
-    Configs written before ``model.likelihood`` and ``model.activation`` existed get the seed's
-    Bernoulli decoder and ReLU layers.
-    """
+    """The model a run's config describes (a composed config or one stored in a checkpoint)."""
     return VAE(
         latent_size=int(cfg.latent_size),
         hidden_sizes=list(cfg.model.hidden_sizes),
         min_scale=float(cfg.model.min_scale),
-        likelihood=str(cfg.model.get("likelihood", "bernoulli")),
-        activation=str(cfg.model.get("activation", "relu")),
+        likelihood=str(cfg.model.likelihood),
+        activation=str(cfg.model.activation),
     )
