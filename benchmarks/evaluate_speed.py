@@ -18,10 +18,9 @@ import time
 
 import torch
 
-from vaecli.binarize import binarize_split_images
 from vaecli.bounds import LATENTS_PER_PASS, chunk_sizes, importance_weighted_bound
 from vaecli.config import default_root
-from vaecli.data import load_split
+from vaecli.data import binarize_split, load_split
 from vaecli.model import VAE
 
 
@@ -64,7 +63,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     grey = load_split("mnist", default_root(), train=False, limit=args.n).images
-    images = binarize_split_images(grey, "static", train=False)
+    images = binarize_split(grey, "static", train=False)
     model = seed_model(args.checkpoint)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, k={args.k}, {len(images)} binarised test images"

@@ -1,13 +1,16 @@
 import pytest
 import torch
 
-from vaecli.binarize import (
+from vaecli.data import (
+    Batches,
     DynamicBinarizer,
+    Split,
     batch_binarizer,
     binarize_once,
-    binarize_split_images,
+    binarize_split,
+    load_split,
+    training_set,
 )
-from vaecli.data import Batches, load_split
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +38,38 @@ def test_a_fixed_draw_is_binary_follows_the_grey_levels_and_ignores_the_global_s
 
 
 def test_static_gives_the_same_binary_train_and_test_images_in_every_run(grey):
-    train_a = binarize_split_images(grey, "static", train=True)
-    test_a = binarize_split_images(grey, "static", train=False)
+    train_a = binarize_split(grey, "static", train=True)
+    test_a = binarize_split(grey, "static", train=False)
     torch.manual_seed(123)  # another run seed changes nothing
-    assert torch.equal(binarize_split_images(grey, "static", train=True), train_a)
-    assert torch.equal(binarize_split_images(grey, "static", train=False), test_a)
+    assert torch.equal(binarize_split(grey, "static", train=True), train_a)
+    assert torch.equal(binarize_split(grey, "static", train=False), test_a)
     assert is_binary(train_a) and is_binary(test_a)
     assert not torch.equal(train_a, test_a)  # two splits, two independent draws
 
 
 def test_dynamic_keeps_grey_training_images_and_the_same_binary_test_set_as_static(grey):
-    assert torch.equal(binarize_split_images(grey, "dynamic", train=True), grey)
-    dynamic_test = binarize_split_images(grey, "dynamic", train=False)
+    train, test = Split(grey[:300], torch.zeros(300)), Split(grey[300:], torch.ones(200))
+    assert torch.equal(training_set(train, test, "train", "dynamic").images, grey[:300])
+    assert torch.equal(training_set(train, test, "all", "dynamic").images, grey)  # the test part is drawn too
+    dynamic_test = binarize_split(grey, "dynamic", train=False)
     assert is_binary(dynamic_test)
-    assert torch.equal(dynamic_test, binarize_split_images(grey, "static", train=False))
-    assert torch.equal(binarize_split_images(grey, "none", train=False), grey)
+    assert torch.equal(dynamic_test, binarize_split(grey, "static", train=False))
+    assert torch.equal(binarize_split(grey, "none", train=False), grey)
+    static_all = training_set(train, test, "all", "static")
+    assert torch.equal(static_all.images[300:], binarize_split(grey[300:], "static", train=False))
+    assert torch.equal(static_all.images[:300], binarize_split(grey[:300], "static", train=True))
+    assert torch.equal(static_all.labels, torch.cat([train.labels, test.labels]))
     with pytest.raises(ValueError):
-        binarize_split_images(grey, "sometimes", train=True)
+        binarize_split(grey, "sometimes", train=True)
 
 
 def test_dynamic_draws_a_fresh_binary_batch_on_every_use(grey):
-    batches = Batches(grey, batch_size=50, shuffle=False, generator=torch.Generator().manual_seed(0))
     binarizer = batch_binarizer("dynamic", seed=0)
-    first_epoch = [binarizer(batches.batch(step)) for step in range(1, 11)]
-    second_epoch = [binarizer(batches.batch(step)) for step in range(11, 21)]
+    batches = Batches(
+        grey, batch_size=50, shuffle=False, generator=torch.Generator().manual_seed(0), binarizer=binarizer
+    )
+    first_epoch = [batches.batch(step) for step in range(1, 11)]
+    second_epoch = [batches.batch(step) for step in range(11, 21)]
     for a, b, source in zip(first_epoch, second_epoch, grey.split(50)):
         assert is_binary(a) and is_binary(b)
         assert not torch.equal(a, b)  # the same grey images, another draw

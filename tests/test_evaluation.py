@@ -8,7 +8,6 @@ import torch
 from torch.distributions import Normal
 from torch.nn import functional as F
 
-from vaecli.binarize import binarize_split_images
 from vaecli.bounds import (
     PerImageBound,
     bits_per_dim,
@@ -18,7 +17,7 @@ from vaecli.bounds import (
     mean_and_standard_error,
     softplus_sum,
 )
-from vaecli.data import load_split
+from vaecli.data import binarize_split, load_split
 from vaecli.errors import UsageError
 from vaecli.evaluation import evaluate_model
 from vaecli.latent_usage import latent_usage, mutual_information
@@ -240,7 +239,7 @@ def test_mutual_information_of_a_batch_mixture_is_capped_by_log_batch():
 
 def test_evaluation_of_a_real_slice_says_what_its_nats_are(data_root):
     grey = load_split("mnist", data_root, train=False, limit=120).images
-    binary = binarize_split_images(grey, "static", train=False)
+    binary = binarize_split(grey, "static", train=False)
     torch.manual_seed(11)
     model = VAE(latent_size=3, hidden_sizes=[32])
     first = evaluate_model(model, binary, k=20, binarize="static", seed=3)

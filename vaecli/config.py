@@ -18,7 +18,7 @@ from vaecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_ON = ("train", "all")
-BINARIZE = ("none", "dynamic", "static")  # vaecli.binarize
+BINARIZE = ("none", "dynamic", "static")  # vaecli.data
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli")  # vaecli.likelihoods
 ACTIVATIONS = ("relu", "tanh")  # vaecli.model
 LR_SCHEDULES = ("constant", "staged")  # vaecli.schedules
