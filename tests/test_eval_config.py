@@ -83,3 +83,13 @@ def test_tanh_models_keep_the_parameter_names_so_checkpoints_load_across_activat
     assert relu.state_dict().keys() == tanh.state_dict().keys()
     assert any(isinstance(layer, torch.nn.Tanh) for layer in tanh.encoder.body)
     tanh.load_state_dict(relu.state_dict())
+
+
+def test_lr_changes_are_the_steps_where_lr_at_moves():
+    cfg = compose(["train.lr_schedule.name=staged", "train.lr_schedule.first_epochs=0.3", "train.lr_schedule.stages=4"])
+    per_epoch, steps = 7, 60
+    changes = schedules.lr_changes(cfg.train, per_epoch, steps)
+    lrs = [lr_at((step - 1) / per_epoch, cfg.train.lr, cfg.train.lr_schedule) for step in range(1, steps + 1)]
+    moved = {step: lr for step, lr, before in zip(range(2, steps + 1), lrs[1:], lrs) if lr != before}
+    assert changes == moved and len(changes) == 3
+    assert schedules.lr_changes(compose([]).train, per_epoch, steps) == {}

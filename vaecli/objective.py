@@ -109,7 +109,7 @@ def evaluate(model, images: torch.Tensor, beta: float, seed: int) -> dict[str, f
         q = model.encoder(chunk)
         noise = torch.randn(q.loc.shape, generator=generator).to(q.loc.device)
         logits = model.decoder(q.loc + q.scale * noise).logits
-        terms = elbo_terms(q, logits, chunk, beta)
+        terms = elbo_terms(q, logits, chunk, beta, model.likelihood)
         recon_sum += float(terms.recon_nats) * len(chunk)
         kl_sum += float(terms.kl_nats) * len(chunk)
     return summarize(recon_sum / len(images), kl_sum / len(images), images.shape[-1], model.latent_size, beta)

@@ -7,6 +7,7 @@ lr * decay^i; after the last stage the last rate stays. Short presets shrink fir
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,6 +37,24 @@ def lr_at(epoch: float, lr: float, schedule: Any) -> float:
         raise ValueError(f"unknown lr schedule {schedule.name!r}; expected one of {', '.join(LR_SCHEDULES)}")
     stage = staged_stage(epoch, int(schedule.stages), float(schedule.first_epochs), float(schedule.growth))
     return lr * float(schedule.decay) ** stage
+
+
+def lr_changes(train: Any, per_epoch: int, steps: int) -> dict[int, float]:
+    """{step: lr} for the 1-based steps where ``train.lr_schedule`` starts a stage; empty for constant.
+
+    Step s trains at ``lr_at((s - 1) / per_epoch)``: a stage starts with the first step whose batch
+    lies at or past its first epoch, so fractional stage lengths (short presets) are kept to the step.
+    """
+    schedule = train.lr_schedule
+    if schedule.name == "constant":
+        return {}
+    changes = {}
+    for stage in range(1, int(schedule.stages)):
+        first_epoch = staged_total_epochs(stage, float(schedule.first_epochs), float(schedule.growth))
+        step = math.ceil(first_epoch * per_epoch - 1e-9) + 1
+        if step <= steps:
+            changes[step] = lr_at((step - 1) / per_epoch, float(train.lr), schedule)
+    return changes
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

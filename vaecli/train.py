@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
-from vaecli.data import Batches, Split, load_split, training_set
+from vaecli.data import Batches, Split, batch_binarizer, binarized, load_split, training_set
 from vaecli.errors import RunError
+from vaecli.likelihoods import nats_label
 from vaecli.model import VAE, build_model
 from vaecli.objective import backward_beta_elbo, batch_metrics, elbo_terms, evaluate
 from vaecli.run_folder import METRICS_CSV
 from vaecli.runtime import pick_device
+from vaecli.schedules import lr_changes, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ METRIC_COLUMNS = [
     "neg_elbo_nats",
     "images_per_s",
     "seconds",
+    "nats_are",  # log-likelihood, or cross-entropy (a Bernoulli decoder on grey levels): likelihoods.nats_label
 ]
 TIMING_COLUMNS = ("images_per_s", "seconds")
 
@@ -71,12 +74,13 @@ def total_steps(cfg: Any, examples: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * per_epoch))
 
 
-def make_optimizer(model: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
+def make_optimizer(model: VAE, train: Any, device: torch.device) -> torch.optim.Adam:
     """Fused Adam where the device supports it: one kernel instead of a dozen per tensor."""
+    settings = {"lr": train.lr, "betas": tuple(train.adam_betas), "eps": train.adam_eps}
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda", "mps"))
+        return torch.optim.Adam(model.parameters(), **settings, fused=device.type in ("cpu", "cuda", "mps"))
     except RuntimeError:
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), **settings)
 
 
 @dataclass
@@ -95,13 +99,15 @@ class TrainResult:
 class MetricsWriter:
     """Appends rows to metrics.csv as they come, so a failed run still shows its curve."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, nats_are: str):
         self.handle = path.open("w", newline="")
         self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS)
+        self.nats_are = nats_are
         self.writer.writeheader()
         self.rows: list[dict[str, Any]] = []
 
     def write(self, row: dict[str, Any]) -> None:
+        row = {**row, "nats_are": self.nats_are}
         self.rows.append(row)
         self.writer.writerow(row)
         self.handle.flush()
@@ -126,33 +132,37 @@ def train(
     train_images, test_images = train_images.to(device), test_split.images.to(device)
 
     model = build_model(cfg).to(device)
-    optimizer = make_optimizer(model, cfg.train.lr, device)
+    optimizer = make_optimizer(model, cfg.train, device)
     shuffler = torch.Generator().manual_seed(cfg.seed)
-    batches = Batches(train_images, cfg.train.batch_size, cfg.train.shuffle, shuffler)
+    binarizer = batch_binarizer(cfg.data.binarize, cfg.seed, device)  # its state: binarizer.get_state()
+    batches = Batches(train_images, cfg.train.batch_size, cfg.train.shuffle, shuffler, binarizer)
     steps = total_steps(cfg, len(train_images))
+    new_lr = lr_changes(cfg.train, batches.per_epoch, steps)  # {step: lr} where the schedule changes it
     logged, evaluated = set(log_steps(steps)), eval_steps(steps, cfg.train.eval_every)
     progress_every = max(1, min(16, steps // 100))
-    beta, batch_size = float(cfg.beta), batches.batch_size
+    beta, batch_size, likelihood = float(cfg.beta), batches.batch_size, str(cfg.model.likelihood)
     fail_at_step = cfg.get("fail_at_step")  # testing aid (`+fail_at_step=N`): exercises failure paths
     threads = torch.get_num_threads()
     say(f"training {steps} steps on {len(train_images)} {cfg.data.name} images ({device}, {threads} threads)")
 
-    metrics = MetricsWriter(out_dir / METRICS_CSV)
+    metrics = MetricsWriter(out_dir / METRICS_CSV, nats_label(likelihood, cfg.data.binarize != "none"))
     started = time.perf_counter()
     last_time, last_step, eval_seconds = started, 0, 0.0
     try:
         for step in range(1, steps + 1):
+            if step in new_lr:
+                set_lr(optimizer, new_lr[step])
             x = batches.batch(step)
             q, _, p = model(x)
             optimizer.zero_grad(set_to_none=True)
-            backward_beta_elbo(q, p.logits, x, beta)
+            backward_beta_elbo(q, p.logits, x, beta, likelihood)
             optimizer.step()
 
             if step == fail_at_step:
                 raise RuntimeError(f"failing at step {step} as asked by fail_at_step")
             if step in logged or step in evaluated or step % progress_every == 0:
                 with torch.no_grad():
-                    terms = elbo_terms(q, p.logits, x, beta)
+                    terms = elbo_terms(q, p.logits, x, beta, likelihood)
                 loss = float(terms.loss)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss} at step {step}; try a smaller train.lr")
@@ -190,7 +200,8 @@ def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split
     """The images to train on (the test set included when ``data.train_on=all``) and the test split."""
     train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say)
     test_split = load_split(cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say)
-    return training_set(train_split, test_split, cfg.data.train_on).images, test_split
+    images = training_set(train_split, test_split, cfg.data.train_on, cfg.data.binarize).images
+    return images, binarized(test_split, cfg.data.binarize, train=False)  # grey, or the one fixed binary test set
 
 
 def test_row(
