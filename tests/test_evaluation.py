@@ -20,8 +20,7 @@ from vaecli.bounds import (
 from vaecli.data import binarize_split, load_split
 from vaecli.errors import UsageError
 from vaecli.evaluation import evaluate_model
-from vaecli.latent_usage import latent_usage, mutual_information
-from vaecli.latents import kl_per_dimension, posterior_means
+from vaecli.latents import kl_per_dimension, latent_usage, mutual_information, posterior_means
 from vaecli.model import VAE
 
 DEPENDENT = 5  # pixels of the toy model that depend on z; the other 779 have fixed logits

@@ -1,6 +1,6 @@
 """What `vae evaluate` (and `eval.iwae_k` at the end of training) measures, in one place.
 
-The importance-weighted bound and ELBO (bounds.py), the latent diagnostics (latent_usage.py) and
+The importance-weighted bound and ELBO (bounds.py), the latent diagnostics (latents.py) and
 what the numbers mean: split, images, k, likelihood, binarisation, and whether the nats are a
 log-likelihood or only a cross-entropy (a Bernoulli decoder on grey-level pixels).
 """
@@ -14,7 +14,7 @@ import torch
 
 from vaecli.bounds import LATENTS_PER_PASS, PerImageBound, ProgressHook, importance_weighted_bound
 from vaecli.errors import UsageError
-from vaecli.latent_usage import LatentUsage, latent_usage
+from vaecli.latents import LatentUsage, latent_usage
 from vaecli.likelihoods import nats_label
 from vaecli.model import VAE
 
