@@ -13,7 +13,9 @@ from typing import Any
 import torch
 
 from vaecli.atomic import atomic_write
-from vaecli.errors import UsageError, first_line
+from vaecli.data import Split, load_split
+from vaecli.datasets import DATASETS, DataUnavailableError
+from vaecli.errors import RunError, UsageError, first_line
 from vaecli.model import VAE, build_model
 from vaecli.run_folder import CHECKPOINT
 from vaecli.runtime import pick_device
@@ -103,6 +105,17 @@ class Loaded:
     @property
     def run_dir(self) -> Path:
         return self.file.parent
+
+    def dataset(self, split: str, count: int | None, data_root: str | None = None) -> Split:
+        """The first ``count`` grey-level images of the checkpoint's own dataset (its ``data.root`` unless given)."""
+        name = str(self.config.data.name)
+        if name not in DATASETS:
+            raise UsageError(f"{self.file} was trained on unknown dataset {name!r}")
+        root = data_root or str(self.config.data.root)
+        try:
+            return load_split(name, root, train=split == "train", limit=count)
+        except DataUnavailableError as error:
+            raise RunError(f"{first_line(error)}; or pass --data-root") from None
 
 
 def load_model(path: str | Path, device: str = "auto") -> Loaded:
