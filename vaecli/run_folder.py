@@ -6,6 +6,8 @@ a renamed file cannot leave one side behind.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ RECONSTRUCTIONS_PNG = "reconstructions.png"
 TRAVERSAL_PNG = "traversal.png"
 CHECKPOINT = "checkpoint.pt"
 RESULT_JSON = "result.json"
+EVALUATION_JSON = "evaluation.json"  # what `vae evaluate` (or eval.iwae_k) measured
+EVALUATION_DIMS_CSV = "evaluation_dims.csv"  # its per-latent-dimension figures
 
 # a sweep folder (beside its members' run folders)
 PLAN_JSON = "sweep.json"
@@ -30,6 +34,7 @@ LONG_CSV = "metrics_long.csv"
 LOSS_CURVES_PNG = "loss_curves.png"
 RATE_DISTORTION_PNG = "rate_distortion.png"
 NEG_ELBO_PNG = "neg_elbo.png"
+BOUND_PNG = "bound_active_units.png"  # the test bound and active units against beta
 MONTAGE_SOURCES = (RECONSTRUCTIONS_PNG, TRAVERSAL_PNG)
 
 
@@ -48,6 +53,26 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((run_dir / RESULT_JSON).read_text())
     except (OSError, ValueError):
         return None
+
+
+def write_evaluation(run_dir: Path, report: dict[str, Any], dimension_rows: list[dict[str, Any]]) -> list[Path]:
+    """evaluation.json and its per-dimension CSV, each written whole or not at all."""
+    json_path, csv_path = run_dir / EVALUATION_JSON, run_dir / EVALUATION_DIMS_CSV
+    atomic_write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(dimension_rows[0]) if dimension_rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(dimension_rows)
+    atomic_write_bytes(csv_path, table.getvalue().encode())
+    return [json_path, csv_path]
+
+
+def read_evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """The run's evaluation.json, else the evaluation its result.json carries (eval.iwae_k), else None."""
+    try:
+        return json.loads((run_dir / EVALUATION_JSON).read_text())
+    except (OSError, ValueError):
+        return (read_result(run_dir) or {}).get("evaluation")
 
 
 def fresh_folder(path: Path) -> Path:
