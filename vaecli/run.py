@@ -122,7 +122,7 @@ def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bo
     import torch
     from rich.console import Console
 
-    from vaecli import checkpoint
+    from vaecli import checkpoint, evaluation
     from vaecli.train import train as train_loop
 
     torch.set_num_threads(threads)
@@ -142,14 +142,15 @@ def train_and_save(cfg: DictConfig, out_dir: Path, threads: int, interactive: bo
         model=result.model,
         optimizer=result.optimizer,
         step=result.steps,
-        rng={"torch": torch.get_rng_state(), "shuffle": result.shuffle_state},
+        rng={"torch": torch.get_rng_state(), "shuffle": result.shuffle_state, **result.binarize_state},
         final=result.final,
     )
     draw_run_figures(result, out_dir, cfg)
     if interactive:
         print_summary(Console(), result.final, out_dir, result.steps, result.seconds)
+    bound = evaluation.after_training(cfg, result.model, result.test.images, out_dir, interactive)  # eval.iwae_k
     log.info("wrote %s", out_dir)
-    return {"steps": result.steps, "train_seconds": round(result.seconds, 3), "final": result.final}
+    return {"steps": result.steps, "train_seconds": round(result.seconds, 3), "final": result.final, **bound}
 
 
 class TrainingProgress:
@@ -205,7 +206,9 @@ def draw_run_figures(result, out_dir: Path, cfg: DictConfig) -> None:
 def print_summary(console, final: dict[str, dict[str, float]], out_dir: Path, steps: int, seconds: float) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):,.0f} steps/s)")
+    nats_are = next(iter(final.values()), {}).get("nats_are", "")  # *_nats: log-likelihood or cross-entropy
+    title = f"{steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):,.0f} steps/s); nats are a {nats_are}"
+    table = Table(title=title)
     table.add_column("split")
     for column in SUMMARY_COLUMNS:
         table.add_column(column.replace("reconstruction", "recon"), justify="right", no_wrap=True)

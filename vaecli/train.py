@@ -94,6 +94,7 @@ class TrainResult:
     eval_seconds: float
     shuffle_state: torch.Tensor
     final: dict[str, dict[str, float]] = field(default_factory=dict)
+    binarize_state: dict[str, torch.Tensor] = field(default_factory=dict)  # {"binarize": state} when dynamic
 
 
 class MetricsWriter:
@@ -191,9 +192,11 @@ def train(
         metrics.close()
     seconds = time.perf_counter() - started
     final = {split: next(r for r in reversed(metrics.rows) if r["split"] == split) for split in ("train", "test")}
-    return TrainResult(
+    result = TrainResult(
         model, optimizer, steps, metrics.rows, test_split, seconds, eval_seconds, shuffler.get_state(), final
     )
+    result.binarize_state = {"binarize": binarizer.get_state()} if binarizer is not None else {}
+    return result
 
 
 def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split]:
