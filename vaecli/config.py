@@ -65,7 +65,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8  # Burda et al. use 1e-4
+    adam_eps: float = 1e-8  # acts on the seed-units gradient (see conf/experiment/burda2016.yaml)
     lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
     shuffle: bool = True  # reshuffle every epoch; false reproduces the seed's fixed batch order
     eval_every: int | None = None  # None: test evaluations at 1, 4, 16, ... and the end; N: every N; 0: at the end
