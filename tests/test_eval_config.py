@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from vaecli import config, data, likelihoods, model, schedules
 from vaecli.errors import UsageError
@@ -95,3 +96,14 @@ def test_lr_changes_are_the_steps_where_lr_at_moves():
     moved = {step: lr for step, lr, before in zip(range(2, steps + 1), lrs[1:], lrs) if lr != before}
     assert changes == moved and len(changes) == 3
     assert schedules.lr_changes(compose([]).train, per_epoch, steps) == {}
+
+
+def test_burda2016_short_is_the_same_model_on_a_20_minute_cpu_budget():
+    short, full = compose(["experiment=burda2016_short"]), compose(["experiment=burda2016"])
+    for key in ("model", "latent_size", "beta", "data", "train.adam_betas"):
+        assert OmegaConf.select(short, key) == OmegaConf.select(full, key), key
+    assert short.train.epochs == schedule_epochs(short.train.lr_schedule) < 400
+    assert math.isclose(short.train.adam_eps, 1e-4 / (784 * short.train.batch_size))  # Burda's eps, our units
+    assert short.eval.iwae_k == 1000 and short.train.eval_every == 0
+    lrs = [lr_at(epoch, short.train.lr, short.train.lr_schedule) for epoch in range(int(short.train.epochs))]
+    assert lrs == sorted(lrs, reverse=True) and math.isclose(lrs[-1], short.train.lr / 10)

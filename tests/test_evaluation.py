@@ -255,6 +255,8 @@ def test_evaluation_of_a_real_slice_says_what_its_nats_are(data_root):
         "binary_pixels": True,
         "nats_are": "log-likelihood",
         "seed": 3,
+        "latents_per_pass": 1024,
+        "mi_batch": None,
     }
     assert report["bound"]["nll_bound_nats"] <= report["bound"]["neg_elbo_nats"]
     assert len(first.dimension_rows()) == 3
