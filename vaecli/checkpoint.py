@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from vaecli.atomic import atomic_write
+from vaecli.data import Split, load_split
+from vaecli.datasets import DATASETS, DataUnavailableError
 from vaecli.errors import RunError, UsageError, first_line
 from vaecli.model import VAE, build_model
 from vaecli.run_folder import CHECKPOINT
@@ -141,6 +143,17 @@ class Loaded:
     def run_dir(self) -> Path:
         return self.file.parent
 
+    def dataset(self, split: str, count: int | None, data_root: str | None = None) -> Split:
+        """The first ``count`` grey-level images of the checkpoint's own dataset (its ``data.root`` unless given)."""
+        name = str(self.config.data.name)
+        if name not in DATASETS:
+            raise UsageError(f"{self.file} was trained on unknown dataset {name!r}")
+        root = data_root or str(self.config.data.root)
+        try:
+            return load_split(name, root, train=split == "train", limit=count)
+        except DataUnavailableError as error:
+            raise RunError(f"{first_line(error)}; or pass --data-root") from None
+
 
 def load_model(path: str | Path, device: str = "auto") -> Loaded:
     """Rebuild the model a checkpoint (or run folder) describes, load its weights, move it to ``device``."""
@@ -155,12 +168,13 @@ def load_model(path: str | Path, device: str = "auto") -> Loaded:
 
 
 def stored_config(payload: dict[str, Any], file: Path) -> Any:
-    from omegaconf import OmegaConf
+    """The checkpoint's config; one written before a key existed gets that key's default (config.LATER_KEYS)."""
+    from vaecli.config import with_later_keys
 
     config = payload.get("config")
     if not isinstance(config, dict):
         raise CheckpointError(f"{file} holds no config; pass a checkpoint.pt that `vae train` wrote")
-    return OmegaConf.create(config)
+    return with_later_keys(config)
 
 
 def rebuild(config: Any, file: Path) -> VAE:

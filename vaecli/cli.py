@@ -325,6 +325,46 @@ def embed(
     wrote(inspection.embed(options(checkpoint, out, seed, device, data_root), n, chosen, split))
 
 
+# ----------------------------------------------------------------------------- measures
+
+
+@app.command(
+    epilog=examples(
+        "vae evaluate -c outputs/2026-11-25/10-31-07 (k=1000 over the 10,000 test images)",
+        "vae evaluate -c runs/burda --k 5000 (Burda et al.'s bound)",
+        "vae evaluate -c runs/first --k 100 --n 2000 (quicker: the first 2,000 test images)",
+        "vae evaluate -c runs/first/checkpoint.pt --split train --n 10000 --seed 1",
+    )
+    + "\n\nImages are those the run was evaluated on: grey levels, or for data.binarize=static|dynamic one fixed "
+    "binary draw, the same for every run. Writes evaluation.json and evaluation_dims.csv into the run folder.",
+)
+def evaluate(
+    checkpoint: CheckpointOption,
+    k: Annotated[int, typer.Option("--k", help="Importance samples per image (5000 reproduces Burda et al.).")] = 1000,
+    split: SplitOption = "test",
+    n: Annotated[
+        int | None, typer.Option("--n", "-n", help="The first N images [default: the whole split].", show_default=False)
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch",
+            help="Latents decoded per pass (bounds memory whatever --k is) [default: the run's eval.latents_per_pass].",
+            show_default=False,
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for the draws from q.")] = 0,
+    data_root: DataRootOption = None,
+) -> None:
+    """Importance-weighted bound on log p(x), ELBO and latent usage (KL per dim, active units, I(x; z))."""
+    from vaecli import evaluation
+
+    request = evaluation.Request(checkpoint, k, split, n, batch, device, seed, data_root)
+    for path in evaluation.evaluate_checkpoint(request):
+        wrote(path)
+
+
 def main() -> None:
     app(prog_name="vae")
 

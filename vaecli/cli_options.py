@@ -59,6 +59,19 @@ CountOption = Annotated[
 ]
 
 
+SPLITS = ("test", "train")
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UsageError(f"--split {split} is not one of {', '.join(SPLITS)}")
+
+
+def check_count(value: int, option: str, minimum: int = 1) -> None:
+    if value < minimum:
+        raise UsageError(f"{option} {value} is too small: it must be >= {minimum}")
+
+
 def parse_ints(text: str, option: str, count: int | None = None, example: str = "0,1") -> tuple[int, ...]:
     """``"3,17,42"`` -> (3, 17, 42): whole numbers >= 0, ``count`` of them when given."""
     parts = [part.strip() for part in text.split(",")]

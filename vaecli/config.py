@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 from vaecli.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_ON = ("train", "all")
 LOGGERS = ("csv", "tensorboard")
+BINARIZE = ("none", "dynamic", "static")  # vaecli.data
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli")  # vaecli.likelihoods
+ACTIVATIONS = ("relu", "tanh")  # vaecli.model
+LR_SCHEDULES = ("constant", "staged")  # vaecli.schedules
 DATA_ROOT_ENV = "VAECLI_DATA"
 DEFAULT_DATA_ROOT = "~/.cache/vaecli"
 # train.checkpoint_every=null saves a checkpoint after about this much training time: a hard kill
@@ -50,12 +54,24 @@ class DataConfig:
     train_on: str = "train"  # 'all' trains on all 70,000 images (train + test), as the seed does
     limit: int | None = None  # use only the first N training images
     test_limit: int | None = None  # evaluate on the first N test images only
+    binarize: str = "none"  # none: grey levels | dynamic: a fresh draw per batch | static: one fixed draw
 
 
 @dataclass
 class ModelConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [100, 100])
     min_scale: float = 1e-4  # floor under the posterior scale
+    likelihood: str = "bernoulli"  # or continuous_bernoulli: a normalised density on [0, 1] for grey levels
+    activation: str = "relu"  # or tanh (Burda et al.)
+
+
+@dataclass
+class LrScheduleConfig:
+    name: str = "constant"  # staged: stage i lasts first_epochs * growth**i epochs at lr * decay**i
+    stages: int = 8
+    first_epochs: float = 1.0
+    growth: float = 3.0
+    decay: float = 0.7196856730011519  # 10 ** (-1 / 7), Burda et al.
 
 
 @dataclass
@@ -64,6 +80,9 @@ class TrainConfig:
     epochs: float | None = None  # when set, wins over steps
     batch_size: int = 64
     lr: float = 1e-3
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8  # acts on the seed-units gradient (see conf/experiment/burda2016.yaml)
+    lr_schedule: LrScheduleConfig = field(default_factory=LrScheduleConfig)
     shuffle: bool = True  # reshuffle every epoch; false reproduces the seed's fixed batch order
     eval_every: int | None = None  # None: test evaluations at 1, 4, 16, ... and the end; N: every N; 0: at the end
     progress: bool = True
@@ -78,11 +97,19 @@ class LoggerConfig:
 
 
 @dataclass
+class EvalConfig:
+    iwae_k: int = 0  # importance samples of the test-set bound at the end of training; 0: off
+    latents_per_pass: int = 1024  # memory bound of that evaluation (latents decoded at once)
+    mi_batch: int | None = None  # images per mixture in the I(x; z) estimate; null: all evaluated images
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     beta: float = 0.01  # weight of the KL term, in the seed's per-dimension units
     latent_size: int = 10
     seed: int = 0
@@ -90,8 +117,39 @@ class Config:
     threads: int = 0  # torch threads; 0 = the CPUs this run may use, shared among parallel members
 
 
+# keys added after checkpoints were first written (issue 10); an older stored config gets their defaults,
+# which keep the seed's behaviour: grey levels, a Bernoulli decoder, ReLU, torch's Adam, no bound
+LATER_KEYS = (
+    "data.binarize",
+    "model.likelihood",
+    "model.activation",
+    "train.adam_betas",
+    "train.adam_eps",
+    "train.lr_schedule",
+    "eval",
+)
+
+
 def register() -> None:
     ConfigStore.instance().store(name="vaecli_schema", node=Config)
+
+
+def with_later_keys(stored: dict) -> DictConfig:
+    """A stored config (a checkpoint's) with :data:`LATER_KEYS` it lacks set to their defaults.
+
+    Only keys whose section is there are added: a config missing whole sections stays as broken as it is.
+    """
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(stored)
+    defaults = OmegaConf.structured(Config)
+    for key in LATER_KEYS:
+        section = key.rpartition(".")[0]
+        if OmegaConf.select(cfg, key) is None and (not section or OmegaConf.select(cfg, section) is not None):
+            value = OmegaConf.select(defaults, key)
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
 
 
 class ConfigValueError(UsageError):
@@ -130,6 +188,27 @@ def check_values(cfg: Any) -> None:
             "sizes must be >= 1",
         ),
         ("model.min_scale", cfg.model.min_scale > 0, "must be > 0"),
+        ("model.likelihood", cfg.model.likelihood in LIKELIHOODS, f"must be one of {', '.join(LIKELIHOODS)}"),
+        ("model.activation", cfg.model.activation in ACTIVATIONS, f"must be one of {', '.join(ACTIVATIONS)}"),
+        ("data.binarize", cfg.data.binarize in BINARIZE, f"must be one of {', '.join(BINARIZE)}"),
+        (
+            "train.adam_betas",
+            len(cfg.train.adam_betas) == 2 and all(0 <= b < 1 for b in cfg.train.adam_betas),
+            "must be two numbers in [0, 1)",
+        ),
+        ("train.adam_eps", cfg.train.adam_eps > 0, "must be > 0"),
+        (
+            "train.lr_schedule.name",
+            cfg.train.lr_schedule.name in LR_SCHEDULES,
+            f"must be one of {', '.join(LR_SCHEDULES)}",
+        ),
+        ("train.lr_schedule.stages", cfg.train.lr_schedule.stages >= 1, "must be >= 1"),
+        ("train.lr_schedule.first_epochs", cfg.train.lr_schedule.first_epochs > 0, "must be > 0"),
+        ("train.lr_schedule.growth", cfg.train.lr_schedule.growth >= 1, "must be >= 1"),
+        ("train.lr_schedule.decay", 0 < cfg.train.lr_schedule.decay <= 1, "must be in (0, 1]"),
+        ("eval.iwae_k", cfg.eval.iwae_k >= 0, "must be >= 0 (0 = no bound at the end of training)"),
+        ("eval.latents_per_pass", cfg.eval.latents_per_pass >= 1, "must be >= 1"),
+        ("eval.mi_batch", cfg.eval.mi_batch is None or cfg.eval.mi_batch >= 2, "must be >= 2 or null"),
         ("device", cfg.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
         ("threads", cfg.threads >= 0, "must be >= 0 (0 = automatic)"),
         ("logger.name", cfg.logger.name in LOGGERS, f"must be one of {', '.join(LOGGERS)}"),

@@ -18,11 +18,10 @@ from PIL import Image
 
 from vaecli import latents, plots
 from vaecli.checkpoint import Loaded, load_model
-from vaecli.data import Split
+from vaecli.cli_options import check_count, check_split
 from vaecli.errors import RunError, UsageError, first_line
 from vaecli.images import AXES, ROW_LABELS, grid_image, labelled_grid, tick
 
-SPLITS = ("test", "train")
 MODES = ("grid", "rows", "map")
 TILE_SUFFIXES = (".png",)
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -44,32 +43,12 @@ class Options:
 # ----------------------------------------------------------------------------- data
 
 
-def check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UsageError(f"--split {split} is not one of {', '.join(SPLITS)}")
-
-
-def dataset(loaded: Loaded, split: str, count: int | None, data_root: str | None) -> Split:
-    """The first ``count`` images of the checkpoint's own dataset (its ``data.root`` unless overridden)."""
-    from vaecli.data import load_split
-    from vaecli.datasets import DATASETS, DataUnavailableError
-
-    name = str(loaded.config.data.name)
-    if name not in DATASETS:
-        raise UsageError(f"{loaded.file} was trained on unknown dataset {name!r}")
-    root = data_root or str(loaded.config.data.root)
-    try:
-        return load_split(name, root, train=split == "train", limit=count)
-    except DataUnavailableError as error:
-        raise RunError(f"{first_line(error)}; or pass --data-root") from None
-
-
 def pick_images(loaded: Loaded, split: str, indices: Sequence[int], data_root: str | None) -> torch.Tensor:
     """Images ``indices`` of a split, or a one-line error naming the index that is too large."""
     check_split(split)
     if min(indices) < 0:
         raise UsageError(f"index {min(indices)} is negative; images are numbered from 0")
-    data = dataset(loaded, split, max(indices) + 1, data_root)
+    data = loaded.dataset(split, max(indices) + 1, data_root)
     too_large = [index for index in indices if index >= len(data)]
     if too_large:
         raise UsageError(f"index {too_large[0]} is beyond the {split} split's {len(data)} images (0..{len(data) - 1})")
@@ -84,11 +63,6 @@ def check_dims(dims: Sequence[int], latent_size: int, option: str = "--dims") ->
         )
     if len(set(dims)) != len(dims):
         raise UsageError(f"{option} {','.join(map(str, dims))} repeats a dim")
-
-
-def check_count(value: int, option: str, minimum: int = 1) -> None:
-    if value < minimum:
-        raise UsageError(f"{option} {value} is too small: it must be >= {minimum}")
 
 
 # ----------------------------------------------------------------------------- output
@@ -256,7 +230,7 @@ def traverse_rows(
     latent_size = loaded.model.latent_size
     chosen = list(dims) if dims is not None else list(range(latent_size))
     check_dims(chosen, latent_size)
-    test = dataset(loaded, "test", loaded.config.data.get("test_limit"), data_root)
+    test = loaded.dataset("test", loaded.config.data.get("test_limit"), data_root)
     kl = latents.kl_per_dimension(loaded.model, test.images)
     order = sorted(chosen, key=lambda dim: -float(kl[dim]))
     images = latents.dimension_sweeps(loaded.model, order, values, center)
@@ -315,7 +289,7 @@ def embed(options: Options, n: int = 5000, dims: Sequence[int] | None = None, sp
     if len(chosen) != 2:
         raise UsageError(f"--dims takes two dims for a scatter, like --dims 0,1; got {joined(chosen)}")
     check_dims(chosen, latent_size)
-    data = dataset(loaded, split, n, options.data_root)
+    data = loaded.dataset(split, n, options.data_root)
     means = latents.posterior_means(loaded.model, data.images)
     path = out_path(options, loaded, "embed", split, f"n{len(data)}", f"dims{joined(chosen)}" if dims else "")
     title = f"posterior means of {len(data)} {split} images ({loaded.config.data.name})"

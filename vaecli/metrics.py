@@ -24,6 +24,7 @@ METRIC_COLUMNS = [
     "neg_elbo_nats",
     "images_per_s",
     "seconds",
+    "nats_are",  # log-likelihood, or cross-entropy (a Bernoulli decoder on grey levels): likelihoods.nats_label
 ]
 TIMING_COLUMNS = ("images_per_s", "seconds")
 
@@ -32,7 +33,7 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
     """A metrics.csv row read back, typed as the loop wrote it."""
     typed: dict[str, Any] = {}
     for key, value in row.items():
-        if key == "split" or value == "":
+        if key in ("split", "nats_are") or value == "":
             typed[key] = value
         elif key == "held_out":
             typed[key] = value == "True"
@@ -46,12 +47,13 @@ class MetricsWriter:
 
     ``keep`` continues a stopped run: its first ``keep`` rows (those its checkpoint counted) stay,
     byte for byte, and any written after the checkpoint are dropped, so no row appears twice.
-    ``test_held_out`` is false when the model trained on the test images (``data.train_on=all``).
+    ``test_held_out`` is false when the model trained on the test images (``data.train_on=all``);
+    ``nats_are`` says what every row's nats are (a log-likelihood or a cross-entropy).
     """
 
-    def __init__(self, path: Path, keep: int | None = None, test_held_out: bool = True):
+    def __init__(self, path: Path, keep: int | None = None, test_held_out: bool = True, nats_are: str = ""):
         self.rows: list[dict[str, Any]] = []
-        self.test_held_out = test_held_out
+        self.test_held_out, self.nats_are = test_held_out, nats_are
         if keep is None:
             self.handle = path.open("w", newline="")
             csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS).writeheader()
@@ -66,7 +68,7 @@ class MetricsWriter:
         self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS)
 
     def write(self, row: dict[str, Any]) -> None:
-        row = {**row, "held_out": row["split"] == "test" and self.test_held_out}
+        row = {**row, "held_out": row["split"] == "test" and self.test_held_out, "nats_are": self.nats_are}
         self.rows.append(row)
         self.writer.writerow(row)
         self.handle.flush()

@@ -11,10 +11,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributions import Bernoulli, Normal
+from torch.distributions import Distribution, Normal
 from torch.nn import functional as F
 
+from vaecli.likelihoods import LIKELIHOODS, pixel_distribution
+
 IMAGE_SIZE = 28 * 28
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 def seed_init(module: nn.Module) -> None:
@@ -29,20 +32,22 @@ def seed_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (and after the last, since a head follows)."""
+def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers with an activation between them (and after the last, since a head follows)."""
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
 
 class Encoder(nn.Module):
     """x -> q(z|x), a factorized Normal whose scale is positive by construction."""
 
-    def __init__(self, hidden_sizes: Sequence[int], latent_size: int, min_scale: float = 1e-4):
+    def __init__(
+        self, hidden_sizes: Sequence[int], latent_size: int, min_scale: float = 1e-4, activation: str = "relu"
+    ):
         super().__init__()
-        self.body = mlp([IMAGE_SIZE, *hidden_sizes])
+        self.body = mlp([IMAGE_SIZE, *hidden_sizes], activation)
         self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else IMAGE_SIZE, 2 * latent_size)
         self.min_scale = min_scale
 
@@ -53,16 +58,19 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z -> p(x|z), independent Bernoulli pixels given by their logits."""
+    """z -> p(x|z), independent pixels given by their logits: Bernoulli or continuous Bernoulli."""
 
-    def __init__(self, hidden_sizes: Sequence[int], latent_size: int):
+    def __init__(
+        self, hidden_sizes: Sequence[int], latent_size: int, likelihood: str = "bernoulli", activation: str = "relu"
+    ):
         super().__init__()
-        self.body = mlp([latent_size, *hidden_sizes])
+        self.body = mlp([latent_size, *hidden_sizes], activation)
         self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else latent_size, IMAGE_SIZE)
+        self.likelihood = likelihood
 
-    def forward(self, z: torch.Tensor) -> Bernoulli:
+    def forward(self, z: torch.Tensor) -> Distribution:
         # Grey-level targets in [0, 1] are the seed's convention, so no support check.
-        return Bernoulli(logits=self.head(self.body(z)), validate_args=False)
+        return pixel_distribution(self.head(self.body(z)), self.likelihood)
 
 
 class VAE(nn.Module):
@@ -71,18 +79,23 @@ class VAE(nn.Module):
         latent_size: int = 10,
         hidden_sizes: Sequence[int] = (100, 100),
         min_scale: float = 1e-4,
+        likelihood: str = "bernoulli",
+        activation: str = "relu",
     ):
         super().__init__()
+        if likelihood not in LIKELIHOODS or activation not in ACTIVATIONS:
+            raise ValueError(f"likelihood {likelihood!r} or activation {activation!r} is not one this model knows")
         self.latent_size = latent_size
-        self.encoder = Encoder(hidden_sizes, latent_size, min_scale)
-        self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size)
+        self.likelihood = likelihood
+        self.encoder = Encoder(hidden_sizes, latent_size, min_scale, activation)
+        self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size, likelihood, activation)
         self.apply(seed_init)
 
     def prior(self, batch_shape: Sequence[int] = ()) -> Normal:
         zeros = torch.zeros(*batch_shape, self.latent_size, device=self.decoder.head.weight.device)
         return Normal(zeros, torch.ones_like(zeros), validate_args=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[Normal, torch.Tensor, Bernoulli]:
+    def forward(self, x: torch.Tensor) -> tuple[Normal, torch.Tensor, Distribution]:
         """q(z|x), a reparameterized sample z ~ q, and p(x|z)."""
         q = self.encoder(x)
         z = q.rsample()
@@ -95,4 +108,6 @@ def build_model(cfg: Any) -> VAE:
         latent_size=int(cfg.latent_size),
         hidden_sizes=list(cfg.model.hidden_sizes),
         min_scale=float(cfg.model.min_scale),
+        likelihood=str(cfg.model.likelihood),
+        activation=str(cfg.model.activation),
     )

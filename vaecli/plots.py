@@ -114,6 +114,12 @@ def loss_curves(long: pd.DataFrame, path: Path, colour: str, facet: str) -> Path
     return path
 
 
+def nats_note(done: pd.DataFrame) -> str:
+    """A title's warning when members' nats are a cross-entropy (grey levels under a Bernoulli decoder)."""
+    labels = set(done["nats_are"].dropna()) if "nats_are" in done else set()
+    return "\n(nats are a cross-entropy, not a log-likelihood)" if "cross-entropy" in labels else ""
+
+
 def rate_distortion(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
     from plotnine import aes, geom_point, geom_text, ggplot, labs, scale_x_continuous, scale_y_continuous, theme_bw
 
@@ -130,7 +136,7 @@ def rate_distortion(done: pd.DataFrame, path: Path, colour: str, facet: str) -> 
             y="distortion: reconstruction (nats per image, test)",
             colour=colour,
             shape=facet,
-            title="rate-distortion plane",
+            title="rate-distortion plane" + nats_note(done),
         )
         + theme_bw()
     )
@@ -142,22 +148,50 @@ SEARCHED_VALUES = 8  # more distinct numbers than a hand-written grid: a search,
 
 
 def final_against(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
-    """Final test -ELBO against the colour key: one tick per value for a grid; a numeric axis (log
-    scale for positive values spanning a decade) for the many values of an Optuna search."""
-    from plotnine import aes, geom_line, geom_point, ggplot, labs, scale_x_log10, theme_bw
+    """Final test -ELBO against the colour key (beta), one line per facet key (latent_size)."""
+    measures = {"-ELBO (nats per image, test)": "test_neg_elbo_nats"}
+    return lines_against(done, path, colour, facet, measures, f"final test -ELBO against {colour}" + nats_note(done))
+
+
+def bound_and_active_units(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
+    """The test bound -log p(x) <= -IWAE_k and the active units against beta, one line per latent size."""
+    ks = sorted({int(k) for k in done.get("iwae_k", pd.Series(dtype=float)).dropna()})
+    k = f"_{ks[0]}" if len(ks) == 1 else "_k"
+    measures = {f"-IWAE{k} bound on -log p(x) (nats per image, test)": "test_nll_bound_nats"}
+    measures["active units (Cov_x E[z|x] > 0.01)"] = "test_active_units"
+    title = f"test bound and active units against {colour}" + nats_note(done)
+    return lines_against(done, path, colour, facet, measures, title)
+
+
+def lines_against(
+    done: pd.DataFrame, path: Path, colour: str, facet: str, measures: dict[str, str], title: str
+) -> Path:
+    """Each measure (label: column) against the colour key, one line per facet key; a panel per measure.
+
+    One tick per value for a grid; a numeric axis (log scale for positive values spanning a decade)
+    for the many values of an Optuna search.
+    """
+    from plotnine import aes, facet_wrap, geom_line, geom_point, ggplot, labs, scale_x_log10, theme_bw
 
     frame = keyed(done, colour, facet)
     numbers = pd.to_numeric(frame[colour], errors="coerce")
-    searched = numbers.notna().all() and numbers.nunique() > SEARCHED_VALUES
+    searched = bool(numbers.notna().all() and numbers.nunique() > SEARCHED_VALUES)
     frame["x"] = numbers if searched else frame["colour"]
+    long = pd.concat(
+        [frame.assign(measure=label, value=pd.to_numeric(frame[column])) for label, column in measures.items()]
+    )
+    long["measure"] = pd.Categorical(long["measure"], categories=list(measures), ordered=True)
+    y = next(iter(measures)) if len(measures) == 1 else ""
     plot = (
-        ggplot(frame, aes("x", "test_neg_elbo_nats", colour="series", group="series"))
+        ggplot(long, aes("x", "value", colour="series", group="series"))
         + geom_line()
         + geom_point(size=2)
-        + labs(x=colour, y="-ELBO (nats per image, test)", colour=facet, title=f"final test -ELBO against {colour}")
+        + labs(x=colour, y=y, colour=facet, title=title)
         + theme_bw()
     )
     if searched and numbers.min() > 0 and numbers.max() >= 10 * numbers.min():
         plot += scale_x_log10()
-    save_plot(plot, path, width=7, height=4.5)
+    if len(measures) > 1:
+        plot += facet_wrap("~measure", ncol=1, scales="free_y")
+    save_plot(plot, path, width=7, height=4.5 * (1 + 0.6 * (len(measures) - 1)))
     return path

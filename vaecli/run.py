@@ -226,6 +226,7 @@ def train_and_save(
     import torch
     from rich.console import Console
 
+    from vaecli import evaluation
     from vaecli.train import no_row_hook
     from vaecli.train import train as train_loop
 
@@ -255,9 +256,10 @@ def train_and_save(
     draw_run_figures(result, out_dir, cfg)
     if interactive:
         print_summary(Console(), result.final, out_dir, result.steps, result.seconds, config_module.test_held_out(cfg))
-    write("ok", **outcome, final=result.final)
+    bound = evaluation.after_training(cfg, result.model, result.test.images, out_dir, interactive)  # eval.iwae_k
+    write("ok", **outcome, final=result.final, **bound)
     log.info("wrote %s", out_dir)
-    return {"status": "ok", **outcome, "final": result.final}
+    return {"status": "ok", **outcome, "final": result.final, **bound}
 
 
 def save_run(
@@ -341,7 +343,8 @@ def print_summary(
 ) -> None:
     from rich.table import Table
 
-    title = f"{steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):,.0f} steps/s)"
+    nats_are = next(iter(final.values()), {}).get("nats_are", "")  # *_nats: log-likelihood or cross-entropy
+    title = f"{steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):,.0f} steps/s); nats are a {nats_are}"
     if not held_out:
         title += "\n[yellow]test* = images it trained on (data.train_on=all): not held out[/yellow]"
     table = Table(title=title)

@@ -8,6 +8,8 @@ one process only, so two runs started in the same second never share a folder.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ RESULT_JSON = "result.json"
 RUN_FILES = (HYDRA_DIR, RESULT_JSON, CHECKPOINT, METRICS_CSV)  # any of them: the folder holds a run
 PROVENANCE_JSON = "provenance.json"  # versions, host, command line, commit, data files' MD5s
 TB_DIR = "tb"  # logger=tensorboard: the run's TensorBoard events
+EVALUATION_JSON = "evaluation.json"  # what `vae evaluate` (or eval.iwae_k) measured
+EVALUATION_DIMS_CSV = "evaluation_dims.csv"  # its per-latent-dimension figures
 
 # a sweep folder (beside its members' run folders)
 PLAN_JSON = "sweep.json"
@@ -43,6 +47,7 @@ STOP_FILE = ".stop"  # written by `vae sweep` on SIGINT/SIGTERM (the signal's na
 # (RESULTS_NAME there, the name Hydra's own Optuna plugin uses)
 BEST_TRIAL_YAML = "optimization_results.yaml"
 GROUPS_JSON = "groups.json"  # the batched launcher's groups of members and how far each has got
+BOUND_PNG = "bound_active_units.png"  # the test bound and active units against beta
 MONTAGE_SOURCES = (RECONSTRUCTIONS_PNG, TRAVERSAL_PNG)
 
 
@@ -84,6 +89,26 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def read_overrides(run_dir: Path) -> list[str]:
     """The task overrides a run was started with (its .hydra/overrides.yaml)."""
     return [str(item) for item in OmegaConf.load(run_dir / OVERRIDES_YAML)]
+
+
+def write_evaluation(run_dir: Path, report: dict[str, Any], dimension_rows: list[dict[str, Any]]) -> list[Path]:
+    """evaluation.json and its per-dimension CSV, each written whole or not at all."""
+    json_path, csv_path = run_dir / EVALUATION_JSON, run_dir / EVALUATION_DIMS_CSV
+    atomic_write_bytes(json_path, (json.dumps(report, indent=2) + "\n").encode())
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(dimension_rows[0]) if dimension_rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(dimension_rows)
+    atomic_write_bytes(csv_path, table.getvalue().encode())
+    return [json_path, csv_path]
+
+
+def read_evaluation(run_dir: Path) -> dict[str, Any] | None:
+    """The run's evaluation.json, else the evaluation its result.json carries (eval.iwae_k), else None."""
+    try:
+        return json.loads((run_dir / EVALUATION_JSON).read_text())
+    except (OSError, ValueError):
+        return (read_result(run_dir) or {}).get("evaluation")
 
 
 class FolderTaken(UsageError):

@@ -24,7 +24,15 @@ from vaecli.run_folder import member_dirs, read_result
 FINAL_COLUMNS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
 PREFERRED_AXES = ("latent_size", "beta")
 ROW_STYLES = {"failed": "red", "interrupted": "yellow"}
-TABLE_COLUMNS = {"-ELBO": "test_neg_elbo_nats", "recon": "test_recon_nats", "KL": "test_kl_nats", "seconds": "seconds"}
+TABLE_COLUMNS = {
+    "-ELBO": "test_neg_elbo_nats",
+    "recon": "test_recon_nats",
+    "KL": "test_kl_nats",
+    "-IWAE": "test_nll_bound_nats",  # shown when members were evaluated (eval.iwae_k or vae evaluate)
+    "AU": "test_active_units",
+    "seconds": "seconds",
+}
+OPTIONAL_COLUMNS = ("test_nll_bound_nats", "test_active_units")
 
 
 def swept_keys(rows: list[dict[str, str]]) -> list[str]:
@@ -87,7 +95,25 @@ def final_metrics(metrics: pd.DataFrame) -> dict[str, float]:
         last = rows.iloc[-1]
         row[f"{split}_step"] = int(last.step)
         row.update({f"{split}_{column}": float(last[column]) for column in FINAL_COLUMNS})
+    if "nats_are" in metrics and len(metrics):
+        row["nats_are"] = str(metrics.nats_are.iloc[-1])  # log-likelihood, or cross-entropy on grey levels
     return row
+
+
+def evaluation_columns(report: dict | None) -> dict[str, object]:
+    """A member's bound and active units (its evaluation.json, or the evaluation in result.json), by split."""
+    if not report:
+        return {}
+    setup, bound, usage = report.get("setup", {}), report.get("bound", {}), report.get("latents", {})
+    split = setup.get("split", "test")
+    return {
+        f"{split}_nll_bound_nats": bound.get("nll_bound_nats"),
+        f"{split}_nll_bound_se": bound.get("nll_bound_se"),
+        f"{split}_nll_bound_bits_per_dim": bound.get("nll_bound_bits_per_dim"),
+        f"{split}_active_units": usage.get("active_units"),
+        "iwae_k": setup.get("k"),
+        "iwae_images": setup.get("images"),
+    }
 
 
 @dataclass
@@ -121,6 +147,7 @@ def aggregate(sweep_dir: Path) -> SweepReport:
             metrics = pd.read_csv(metrics_path)
             row.update(final_metrics(metrics))
             long_frames.append(metrics.assign(member=row["member"], status=row["status"], **values))
+        row.update(evaluation_columns(run_folder.read_evaluation(member)))
         rows.append(row)
     rows += missing_members(sweep_dir, overrides)
     table = pd.DataFrame(rows)
@@ -164,16 +191,19 @@ def report(folder: Path, console) -> int:
 
     shown = table.sort_values("test_neg_elbo_nats", na_position="last") if "test_neg_elbo_nats" in table else table
     seen = table.held_out.eq(False) if "held_out" in table else pd.Series(False, index=table.index)
-    out = Table(title=table_title(len(table), int(seen.sum())))
-    for column in ("member", "status", *TABLE_COLUMNS):
+    nats_are = ", ".join(sorted(table.nats_are.dropna().unique())) if "nats_are" in table else ""
+    out = Table(title=table_title(len(table), int(seen.sum()), nats_are))
+    columns = {name: key for name, key in TABLE_COLUMNS.items() if key in table or key not in OPTIONAL_COLUMNS}
+    for column in ("member", "status", *columns):
         out.add_column(column, justify="left" if column in ("member", "status") else "right", no_wrap=True)
     varying = [key for key in swept if key in table and table[key].nunique(dropna=False) > 1] or swept
     for index, row in shown.iterrows():
         label = " ".join(f"{key}={row.get(key)}" for key in varying) if row.get("member") else row.get("overrides")
         cells = [f"{label}{'*' if seen[index] else ''}", status_text(row)]
-        for column in TABLE_COLUMNS.values():
+        for column in columns.values():
             value = row.get(column)
-            cells.append("" if value is None or pd.isna(value) else f"{float(value):.2f}")
+            digits = 0 if column == "test_active_units" else 2
+            cells.append("" if value is None or pd.isna(value) else f"{float(value):.{digits}f}")
         out.add_row(*cells, style=ROW_STYLES.get(str(row.get("status"))))
     Console().print(out)
     print_best_trial(folder, Console())
@@ -203,12 +233,14 @@ def status_text(row: pd.Series) -> str:
     return status
 
 
-def table_title(members: int, trained_on_test: int) -> str:
-    """The sweep table's title: its -ELBO is held out only where no member trained on the test images."""
+def table_title(members: int, trained_on_test: int, nats_are: str = "") -> str:
+    """The sweep table's title: its -ELBO is held out only where no member trained on the test images;
+    its nats are a log-likelihood or a cross-entropy (``nats_are``)."""
+    unit = f"nats per image: {nats_are}" if nats_are else "nats per image"
     if not trained_on_test:
-        return f"{members} members, sorted by test -ELBO (test set, nats per image)"
+        return f"{members} members, sorted by test -ELBO (test set, {unit})"
     return (
-        f"{members} members, sorted by -ELBO on the test images (nats per image)\n"
+        f"{members} members, sorted by -ELBO on the test images ({unit})\n"
         f"[yellow]* {trained_on_test} of {members} trained on them (data.train_on=all): not held out[/yellow]"
     )
 
@@ -246,6 +278,9 @@ def draw_all(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: li
     if not done.empty and "test_kl_nats" in done:
         written.append(plots.rate_distortion(done, sweep_dir / run_folder.RATE_DISTORTION_PNG, colour, facet))
         written.append(plots.final_against(done, sweep_dir / run_folder.NEG_ELBO_PNG, colour, facet))
+    if not done.empty and "test_nll_bound_nats" in done and done.test_nll_bound_nats.notna().any():
+        measured = done[done.test_nll_bound_nats.notna()]
+        written.append(plots.bound_and_active_units(measured, sweep_dir / run_folder.BOUND_PNG, colour, facet))
     for image_name in run_folder.MONTAGE_SOURCES:
         path = member_montage(sweep_dir, table, image_name, colour, facet)
         if path is not None:

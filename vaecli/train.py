@@ -23,14 +23,16 @@ from omegaconf import OmegaConf
 
 from vaecli import checkpoint, provenance
 from vaecli.config import AUTO_CHECKPOINT_SECONDS, test_held_out
-from vaecli.data import Batches, Split, load_split, training_set
+from vaecli.data import Batches, Split, batch_binarizer, binarized, load_split, training_set
 from vaecli.datasets import DataFile
 from vaecli.errors import RunError
+from vaecli.likelihoods import nats_label
 from vaecli.metrics import MetricsWriter
 from vaecli.model import VAE, build_model
 from vaecli.objective import backward_beta_elbo, batch_metrics, elbo_terms, evaluate
 from vaecli.run_folder import CHECKPOINT, METRICS_CSV
 from vaecli.runtime import pick_device
+from vaecli.schedules import lr_changes, set_lr
 from vaecli.signals import STOP, Interrupted, StopRequests
 
 log = logging.getLogger(__name__)
@@ -103,12 +105,19 @@ def total_steps(cfg: Any, examples: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * per_epoch))
 
 
-def make_optimizer(model: VAE, lr: float, device: torch.device) -> torch.optim.Adam:
+def make_optimizer(
+    model: torch.nn.Module,
+    lr: float,
+    device: torch.device,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Adam:
     """Fused Adam where the device supports it: one kernel instead of a dozen per tensor."""
+    settings = {"lr": lr, "betas": tuple(betas), "eps": eps}
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cpu", "cuda", "mps"))
+        return torch.optim.Adam(model.parameters(), **settings, fused=device.type in ("cpu", "cuda", "mps"))
     except RuntimeError:
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), **settings)
 
 
 @dataclass
@@ -181,22 +190,30 @@ class Loop:
         train_images, self.test, self.data_files = load_data(cfg, say)
         self.images, self.test_images = train_images.to(device), self.test.images.to(device)
         self.model = build_model(cfg).to(device)
-        self.optimizer = make_optimizer(self.model, cfg.train.lr, device)
+        self.optimizer = make_optimizer(
+            self.model, cfg.train.lr, device, tuple(cfg.train.adam_betas), cfg.train.adam_eps
+        )
         self.watch = DivergenceWatch(device)
         self.shuffler = torch.Generator().manual_seed(cfg.seed)
-        self.batches = Batches(self.images, cfg.train.batch_size, cfg.train.shuffle, self.shuffler)
+        self.binarizer = batch_binarizer(cfg.data.binarize, cfg.seed, device)  # data.binarize=dynamic only
+        self.batches = Batches(self.images, cfg.train.batch_size, cfg.train.shuffle, self.shuffler, self.binarizer)
         self.steps = total_steps(cfg, len(self.images))
+        self.new_lr = lr_changes(cfg.train, self.batches.per_epoch, self.steps)  # {step: lr} where a stage starts
+        self.likelihood = str(cfg.model.likelihood)
         self.logged, self.evaluated = set(log_steps(self.steps)), eval_steps(self.steps, cfg.train.eval_every)
         self.position = Position()
         if resume is not None:
             self.restore(resume)
         keep = self.position.rows if resume else None
-        self.metrics = MetricsWriter(out_dir / METRICS_CSV, keep=keep, test_held_out=test_held_out(cfg))
+        nats_are = nats_label(self.likelihood, cfg.data.binarize != "none")
+        self.metrics = MetricsWriter(
+            out_dir / METRICS_CSV, keep=keep, test_held_out=test_held_out(cfg), nats_are=nats_are
+        )
         self.saved_step = self.position.step if resume else None
         self.clock = self.last_save = 0.0  # perf_counter() at step 0 of the run / at the last save
 
     def restore(self, payload: dict[str, Any]) -> None:
-        """Weights, optimizer, RNG and shuffle states and the position, as the checkpoint holds them."""
+        """Weights, optimizer (its staged lr included), RNG, shuffle and binarizer states and the position."""
         state, rng = payload["training"], payload["rng"]
         if state["images"] != len(self.images):
             raise RunError(f"the checkpoint trained on {state['images']} images, the data gives {len(self.images)}")
@@ -204,6 +221,8 @@ class Loop:
         self.optimizer.load_state_dict(payload["optimizer"])
         torch.set_rng_state(rng["torch"])
         self.shuffler.set_state(rng["shuffle"])
+        if self.binarizer is not None:
+            self.binarizer.set_state(rng["binarize"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         if state["order"] is not None:
@@ -226,10 +245,12 @@ class Loop:
         self.clock = self.last_save - position.seconds
         try:
             for step in range(start + 1, self.steps + 1):
+                if step in self.new_lr:
+                    set_lr(optimizer, self.new_lr[step])
                 x = batches.batch(step)
                 q, _, p = model(x)
                 optimizer.zero_grad(set_to_none=True)
-                kl_term = backward_beta_elbo(q, p.logits, x, beta)
+                kl_term = backward_beta_elbo(q, p.logits, x, beta, self.likelihood)
                 optimizer.step()
                 self.watch.observe(step, p.logits, kl_term)
 
@@ -269,7 +290,7 @@ class Loop:
         """The scheduled work of a step: its train row, a test evaluation, the progress bar."""
         beta, batch_size, position = float(self.cfg.beta), self.batches.batch_size, self.position
         with torch.no_grad():
-            terms = elbo_terms(q, logits, x, beta)
+            terms = elbo_terms(q, logits, x, beta, self.likelihood)
         loss = float(terms.loss)
         self.watch.check(step, loss)
         now = time.perf_counter()
@@ -326,6 +347,8 @@ class Loop:
 
     def rng_state(self) -> dict[str, torch.Tensor]:
         state = {"torch": torch.get_rng_state(), "shuffle": self.shuffler.get_state()}
+        if self.binarizer is not None:
+            state["binarize"] = self.binarizer.get_state()
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -341,7 +364,8 @@ def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split
     train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say)
     test_split = load_split(cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say)
     files = train_split.files + test_split.files
-    return training_set(train_split, test_split, cfg.data.train_on).images, test_split, files
+    images = training_set(train_split, test_split, cfg.data.train_on, cfg.data.binarize).images
+    return images, binarized(test_split, cfg.data.binarize, train=False), files  # grey, or the fixed binary test set
 
 
 def test_row(
