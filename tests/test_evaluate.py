@@ -62,7 +62,9 @@ def test_bad_options_are_one_line_and_exit_2(runner, trained_run, arguments, mes
 
 
 @pytest.mark.parametrize(
-    ("make", "message"), BAD_FILES, ids=["missing", "folder", "text", "truncated", "shape", "foreign", "configless"]
+    ("make", "message"),
+    BAD_FILES,
+    ids=["missing", "folder", "text", "truncated", "shape", "foreign", "configless", "newer", "extra"],
 )
 def test_a_missing_or_broken_checkpoint_is_one_line_and_exit_2(runner, trained_run, tmp_path, make, message):
     assert_usage_error(invoke(runner, "evaluate", "-c", str(make(trained_run, tmp_path)), "--k", "2"), message)

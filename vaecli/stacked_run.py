@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaecli import run_folder
 from vaecli.config import test_held_out
+from vaecli.likelihoods import nats_label
 from vaecli.metrics import MetricsWriter
 from vaecli.run import config_hash, run_events, run_place, save_run
 from vaecli.runtime import pick_device
@@ -133,9 +134,12 @@ class GroupRun:
 
         try:
             self.trainer = trainer = self.build()
-            held_out = test_held_out(self.cfgs[0])
+            first = self.cfgs[0]
+            held_out = test_held_out(first)
+            nats_are = nats_label(str(first.model.likelihood), first.data.binarize != "none")
             writers += [
-                MetricsWriter(start.out_dir / run_folder.METRICS_CSV, test_held_out=held_out) for start in self.starts
+                MetricsWriter(start.out_dir / run_folder.METRICS_CSV, test_held_out=held_out, nats_are=nats_are)
+                for start in self.starts
             ]
             trainer.run(
                 on_row=row,
