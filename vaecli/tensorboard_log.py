@@ -16,7 +16,7 @@ from vaecli.metrics import METRIC_COLUMNS
 from vaecli.run_folder import TB_DIR
 
 # metrics-row keys written as scalars, each as "<split>/<key>": every column but the row's place
-SCALAR_KEYS = tuple(column for column in METRIC_COLUMNS if column not in ("step", "epoch", "split", "held_out"))
+SCALAR_KEYS = tuple(c for c in METRIC_COLUMNS if c not in ("step", "epoch", "split", "held_out", "nats_are"))
 HParamValue = float | int | str
 
 
