@@ -41,6 +41,11 @@ def test_beta_seed_and_latent_size_share_a_group_and_ignored_keys_do_not_split()
         ("data__limit", 100),
         ("data__train_on", "all"),
         ("device", "cuda"),
+        ("data__binarize", "dynamic"),
+        ("model__likelihood", "continuous_bernoulli"),
+        ("model__activation", "tanh"),
+        ("train__adam_eps", 1e-4),
+        ("train__lr_schedule__name", "staged"),
     ],
 )
 def test_any_other_difference_splits_the_group(key, value):
@@ -63,3 +68,21 @@ def test_member_and_settings_read_the_config():
     assert member_of(cfg) == Member(seed=4, beta=0.5, latent_size=3)
     settings = settings_of(cfg, examples=1000)
     assert settings == GroupSettings(steps=20, batch_size=100, lr=1e-3, hidden_sizes=(64,), shuffle=True)
+
+
+def test_settings_carry_adam_the_lr_schedule_likelihood_and_binarisation():
+    cfg = config(
+        train__epochs=2.0,
+        train__batch_size=100,
+        train__adam_eps=1e-6,
+        train__lr_schedule__name="staged",
+        train__lr_schedule__stages=2,
+        train__lr_schedule__first_epochs=1,
+        train__lr_schedule__decay=0.5,
+        model__likelihood="continuous_bernoulli",
+        model__activation="tanh",
+        data__binarize="dynamic",
+    )
+    settings = settings_of(cfg, examples=1000)
+    assert (settings.eps, settings.betas, settings.lr_changes) == (1e-6, (0.9, 0.999), ((11, 5e-4),))
+    assert (settings.likelihood, settings.activation, settings.binarize) == ("continuous_bernoulli", "tanh", "dynamic")

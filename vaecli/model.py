@@ -86,7 +86,7 @@ class VAE(nn.Module):
         if likelihood not in LIKELIHOODS or activation not in ACTIVATIONS:
             raise ValueError(f"likelihood {likelihood!r} or activation {activation!r} is not one this model knows")
         self.latent_size = latent_size
-        self.likelihood = likelihood
+        self.likelihood, self.activation = likelihood, activation
         self.encoder = Encoder(hidden_sizes, latent_size, min_scale, activation)
         self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size, likelihood, activation)
         self.apply(seed_init)

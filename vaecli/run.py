@@ -268,9 +268,10 @@ def save_run(
     """A trained model's checkpoint.pt and (with ``figures``) its figures; returns result.json's summary fields.
 
     For models trained outside :func:`vaecli.train.train` (batched sweep members), whose loop does not
-    save its own checkpoints; ``result`` has a :class:`vaecli.train.TrainResult`'s fields.
+    save its own checkpoints; ``result`` has a :class:`vaecli.train.TrainResult`'s fields. With
+    ``figures`` (a finished member) it also runs ``eval.iwae_k``'s evaluation, as `vae train` does.
     """
-    from vaecli import checkpoint
+    from vaecli import checkpoint, evaluation
 
     checkpoint.save(
         out_dir / run_folder.CHECKPOINT,
@@ -282,14 +283,11 @@ def save_run(
         final=result.final,
         training=training,
     )
+    summary = {"step": result.steps, "steps": result.total, "train_seconds": round(result.seconds, 3)}
     if figures:
         draw_run_figures(result, out_dir, cfg)
-    return {
-        "step": result.steps,
-        "steps": result.total,
-        "train_seconds": round(result.seconds, 3),
-        "final": result.final,
-    }
+        summary.update(evaluation.after_training(cfg, result.model, result.test.images, out_dir, interactive=False))
+    return {**summary, "final": result.final}
 
 
 class TrainingProgress:

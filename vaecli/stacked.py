@@ -26,7 +26,10 @@ from typing import Any
 
 import torch
 
+from vaecli.data import batch_binarizer
+from vaecli.likelihoods import cb_log_normalizer, cb_mean
 from vaecli.objective import EVAL_CHUNK, kl_to_standard_normal, summarize
+from vaecli.schedules import set_lr
 from vaecli.stacked_model import StackedVAE
 from vaecli.stacked_streams import NoiseStreams, StackedBatches, solo_start
 from vaecli.train import eval_steps, log_steps, make_optimizer
@@ -55,6 +58,12 @@ class GroupSettings:
     eval_every: int | None = None
     hidden_sizes: tuple[int, ...] = (100, 100)
     min_scale: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's
+    eps: float = 1e-8  # Adam's
+    lr_changes: tuple[tuple[int, float], ...] = ()  # (step, lr) where the lr schedule starts a stage
+    likelihood: str = "bernoulli"
+    activation: str = "relu"
+    binarize: str = "none"  # only "dynamic" concerns the loop (a fresh draw of each member's batch)
     fail_at_step: int | None = None  # testing aid, as the solo loop's `+fail_at_step=N`: every member fails there
 
 
@@ -108,9 +117,11 @@ class StackedTrainer:
         device: torch.device | str = "cpu",
     ):
         self.members, self.settings, self.device = list(members), settings, torch.device(device)
-        starts = [solo_start(m.seed, m.latent_size, settings.hidden_sizes, settings.min_scale) for m in self.members]
+        starts = [solo_start(m.seed, m.latent_size, settings) for m in self.members]
         self.model = StackedVAE([model for model, _ in starts]).to(self.device)
-        self.optimizer = make_optimizer(self.model, settings.lr, self.device)
+        self.optimizer = self._adam(self.model)
+        self.new_lr = dict(settings.lr_changes)
+        self.binarizers = [batch_binarizer(settings.binarize, m.seed, self.device) for m in self.members]
         self.train_images, self.test_images = train_images.to(self.device), test_images.to(self.device)
         seeds = [m.seed for m in self.members]
         self.batches = StackedBatches(self.train_images, settings.batch_size, settings.shuffle, seeds)
@@ -124,6 +135,17 @@ class StackedTrainer:
         self._stopped: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self._eval_noise = self._make_eval_noise()
         self._refresh_constants()
+
+    def _adam(self, model: torch.nn.Module) -> torch.optim.Adam:
+        """The solo loop's Adam (fused where the device has it) with the group's settings."""
+        return make_optimizer(model, self.settings.lr, self.device, self.settings.betas, self.settings.eps)
+
+    def _binarized(self, x: torch.Tensor) -> torch.Tensor:
+        """data.binarize=dynamic: each member's batch drawn by its own binarizer, as its solo loop draws it."""
+        slots = [self.binarizers[i] for i in self.running]
+        if slots[0] is None:
+            return x
+        return torch.stack([draw(x if x.dim() == 2 else x[slot]) for slot, draw in enumerate(slots)])
 
     # ----- per-slot constants -------------------------------------------------------------------
     def _refresh_constants(self) -> None:
@@ -215,15 +237,18 @@ class StackedTrainer:
 
     def train_step(self, step: int, check: bool = False) -> dict[int, dict[str, float]]:
         """One Adam step for every running member; with ``check``, their batch terms by member index."""
-        x = self.batches.batch(step)
+        if step in self.new_lr:
+            set_lr(self.optimizer, self.new_lr[step])
+        x = self._binarized(self.batches.batch(step))
         loc, scale = self.model.encode(x)
         noise = self.noise.draw(self.batches.batch_size, self.device)
         logits = self.model.decode(loc + scale * noise)
         kl = kl_to_standard_normal(_Normal(loc, scale))
         self.optimizer.zero_grad(set_to_none=True)
-        # d/dl of the summed sigmoid cross-entropy is sigmoid(l) - x: backprop starts at the logits
+        # d/dl of -log p(x|l) is the mean of p minus x (objective.backward_beta_elbo): backprop starts at the logits
         pixel_weight = 1.0 / (self.batches.batch_size * logits.shape[-1])
-        logits_grad = torch.sigmoid(logits.detach()).sub_(x).mul_(pixel_weight)
+        mean = cb_mean if self.settings.likelihood == "continuous_bernoulli" else torch.sigmoid
+        logits_grad = mean(logits.detach()).sub_(x).mul_(pixel_weight)
         kl_term = (kl * self.kl_weight).sum()
         torch.autograd.backward([logits, kl_term], [logits_grad, torch.ones_like(kl_term)])
         self.optimizer.step()
@@ -237,7 +262,7 @@ class StackedTrainer:
     def _terms(self, logits: torch.Tensor, x: torch.Tensor, kl: torch.Tensor) -> list[list[float]]:
         """Per member: loss, reconstruction, kl, recon_nats, kl_nats (batch means, seed units and nats)."""
         batch, pixels = logits.shape[1], logits.shape[2]
-        recon_nats = _nll_sums(logits, x) / batch
+        recon_nats = _nll_sums(logits, x, self.settings.likelihood) / batch
         kl_nats = (kl * self.model.latent_mask).sum((1, 2)) / batch
         reconstruction, kl_mean = recon_nats / pixels, kl_nats / self.latent_sizes
         loss = reconstruction + self.betas * kl_mean
@@ -259,7 +284,7 @@ class StackedTrainer:
             chunk = self.test_images[start : start + rows]
             loc, scale = self.model.encode(chunk)
             logits = self.model.decode(loc + scale * noise[:, start : start + rows])
-            recon += _nll_sums(logits, chunk).double()
+            recon += _nll_sums(logits, chunk, self.settings.likelihood).double()
             kl = kl_to_standard_normal(_Normal(loc, scale)) * self.model.latent_mask
             kl_sum += kl.sum((1, 2)).double()
         pixels = self.test_images.shape[-1]
@@ -306,8 +331,10 @@ class StackedTrainer:
         index = torch.tensor(keep, device=self.device)
         old_params = list(self.model.parameters())
         old_state = [self.optimizer.state.get(p, {}) for p in old_params]
+        lr = self.optimizer.param_groups[0]["lr"]  # the schedule's current stage
         self.model = self.model.select(keep)
-        self.optimizer = make_optimizer(self.model, self.settings.lr, self.device)
+        self.optimizer = self._adam(self.model)
+        set_lr(self.optimizer, lr)
         for param, state in zip(self.model.parameters(), old_state):
             if state:
                 self.optimizer.state[param] = {
@@ -338,7 +365,9 @@ class StackedTrainer:
                     for key, value in stacked.items()
                 }
         solo = self.model.member_model(slot)
-        groups = make_optimizer(solo, self.settings.lr, self.device).state_dict()["param_groups"]
+        groups = self._adam(solo).state_dict()["param_groups"]
+        for group in groups:
+            group["lr"] = self.optimizer.param_groups[0]["lr"]  # the schedule's current stage
         return {"state": state, "param_groups": groups}
 
     def member_shuffle_state(self, i: int) -> torch.Tensor:
@@ -369,6 +398,11 @@ class StackedTrainer:
             "order": None if order is None else order.to(torch.int32),
         }
 
+    def member_binarize_state(self, i: int) -> dict[str, torch.Tensor]:
+        """``{"binarize": state}`` of member i's batch binarizer (data.binarize=dynamic), else {}."""
+        binarizer = self.binarizers[i]
+        return {} if binarizer is None else {"binarize": binarizer.get_state()}
+
     def member_noise_state(self, i: int) -> torch.Tensor | None:
         """Member i's noise generator state: the global CPU RNG state its solo run would have now."""
         if i not in self.running:
@@ -384,8 +418,12 @@ class _Normal:
     scale: torch.Tensor
 
 
-def _nll_sums(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per member: summed sigmoid cross-entropy over batch and pixels (objective.bernoulli_nll_sum)."""
+def _nll_sums(logits: torch.Tensor, x: torch.Tensor, likelihood: str = "bernoulli") -> torch.Tensor:
+    """Per member: -log p(x|l) summed over batch and pixels (objective.nll_sum): the sigmoid
+    cross-entropy, less the continuous Bernoulli's log-normaliser for that likelihood."""
     shared = x.dim() == 2  # one batch for all members: one matrix-vector product
     cross = torch.matmul(logits.flatten(1), x.reshape(-1)) if shared else (logits * x).flatten(1).sum(1)
-    return torch.nn.functional.softplus(logits).flatten(1).sum(1) - cross
+    nll = torch.nn.functional.softplus(logits).flatten(1).sum(1) - cross
+    if likelihood == "continuous_bernoulli":
+        nll = nll - cb_log_normalizer(logits).flatten(1).sum(1)
+    return nll

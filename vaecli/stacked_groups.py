@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from vaecli.schedules import lr_changes
 from vaecli.stacked import GroupSettings, Member
 from vaecli.train import total_steps
 
@@ -61,13 +62,21 @@ def member_of(cfg: Any) -> Member:
 
 def settings_of(cfg: Any, examples: int) -> GroupSettings:
     """The shared settings of ``cfg``'s group; ``examples`` is the training set size (for train.epochs)."""
+    steps = total_steps(cfg, examples)
+    per_epoch = max(1, examples // min(int(cfg.train.batch_size), examples))
     return GroupSettings(
-        steps=total_steps(cfg, examples),
+        steps=steps,
         batch_size=int(cfg.train.batch_size),
         lr=float(cfg.train.lr),
         shuffle=bool(cfg.train.shuffle),
         eval_every=cfg.train.eval_every,
         hidden_sizes=tuple(int(size) for size in cfg.model.hidden_sizes),
         min_scale=float(cfg.model.min_scale),
+        betas=(float(cfg.train.adam_betas[0]), float(cfg.train.adam_betas[1])),
+        eps=float(cfg.train.adam_eps),
+        lr_changes=tuple(sorted(lr_changes(cfg.train, per_epoch, steps).items())),
+        likelihood=str(cfg.model.likelihood),
+        activation=str(cfg.model.activation),
+        binarize=str(cfg.data.binarize),
         fail_at_step=cfg.get("fail_at_step"),
     )

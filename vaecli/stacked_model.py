@@ -53,14 +53,17 @@ class StackedVAE(nn.Module):
         first = models[0]
         self.hidden_sizes = [layer.out_features for layer in _linears(first.encoder)[:-1]]
         self.min_scale = first.encoder.min_scale
+        self.likelihood, self.activation = first.likelihood, first.activation
+        self.act = torch.tanh if self.activation == "tanh" else F.relu
         self.latent_sizes = [model.latent_size for model in models]
         self.latent_size = max(self.latent_sizes) if latent_size is None else latent_size
         if self.latent_size < max(self.latent_sizes):
             raise ValueError(f"latent_size {latent_size} is smaller than a member's {max(self.latent_sizes)}")
         for model in models:
             shape = [layer.out_features for layer in _linears(model.encoder)[:-1]]
-            if shape != self.hidden_sizes or model.encoder.min_scale != self.min_scale:
-                raise ValueError("stacked members must share hidden sizes and min_scale")
+            same = (shape, model.encoder.min_scale, model.likelihood, model.activation)
+            if same != (self.hidden_sizes, self.min_scale, self.likelihood, self.activation):
+                raise ValueError("stacked members must share hidden sizes, min_scale, likelihood and activation")
         mask = torch.zeros(len(models), 1, self.latent_size)
         for i, size in enumerate(self.latent_sizes):
             mask[i, 0, :size] = 1.0
@@ -125,7 +128,7 @@ class StackedVAE(nn.Module):
         return {name: self.member_slice(name, param, i) for name, param in self.named_member_parameters()}
 
     def member_model(self, i: int) -> VAE:
-        model = VAE(self.latent_sizes[i], self.hidden_sizes, self.min_scale)
+        model = VAE(self.latent_sizes[i], self.hidden_sizes, self.min_scale, self.likelihood, self.activation)
         model.load_state_dict(self.member_state_dict(i))
         return model.to(self.encoder_head.weight.device)
 
@@ -137,15 +140,15 @@ class StackedVAE(nn.Module):
         """loc and scale of q(z|x), each (G, B, padded latent); loc is exactly 0 on padded dims."""
         h = x
         for layer in self.encoder_body:
-            h = F.relu(layer(h))
+            h = self.act(layer(h))
         loc, raw_scale = self.encoder_head(h).chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + self.min_scale
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli logits (G, B, 784); padded latent dims are masked out of the input."""
+        """Pixel logits (G, B, 784); padded latent dims are masked out of the input."""
         h = z * self.latent_mask if self.padded else z
         for layer in self.decoder_body:
-            h = F.relu(layer(h))
+            h = self.act(layer(h))
         return self.decoder_head(h)
 
 

@@ -188,6 +188,7 @@ class GroupRun:
     def save(self, i: int, figures: bool = True) -> dict[str, Any]:
         """checkpoint.pt (with the loop position to continue from) and, with ``figures``, the run's figures."""
         rng = {"torch": self.trainer.member_noise_state(i), "shuffle": self.trainer.member_shuffle_state(i)}
+        rng.update(self.trainer.member_binarize_state(i))
         training = self.trainer.member_training_state(i)
         return save_run(self.cfgs[i], self.starts[i].out_dir, self.result(i), rng, training, figures=figures)
 

@@ -7,6 +7,7 @@ reproduces the solo loop and a member's results never depend on who else is in i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -14,9 +15,7 @@ from vaecli.data import Batches
 from vaecli.model import VAE
 
 
-def solo_start(
-    seed: int, latent_size: int, hidden_sizes: Sequence[int], min_scale: float
-) -> tuple[VAE, torch.Generator]:
+def solo_start(seed: int, latent_size: int, settings: Any) -> tuple[VAE, torch.Generator]:
     """A member's model and noise generator exactly as the solo loop starts them.
 
     The solo loop seeds the global RNG, builds the model, then draws every q.rsample() noise from
@@ -26,7 +25,13 @@ def solo_start(
     saved = torch.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = VAE(latent_size=latent_size, hidden_sizes=list(hidden_sizes), min_scale=min_scale)
+        model = VAE(
+            latent_size=latent_size,
+            hidden_sizes=list(settings.hidden_sizes),
+            min_scale=settings.min_scale,
+            likelihood=settings.likelihood,
+            activation=settings.activation,
+        )
         noise = torch.Generator().set_state(torch.get_rng_state())
     finally:
         torch.set_rng_state(saved)
