@@ -28,6 +28,7 @@ import torch
 
 from vaecli.objective import EVAL_CHUNK, kl_to_standard_normal, summarize
 from vaecli.stacked_model import StackedVAE
+from vaecli.stacked_state import MemberStates
 from vaecli.stacked_streams import NoiseStreams, StackedBatches, solo_start
 from vaecli.train import eval_steps, log_steps, make_optimizer
 
@@ -92,7 +93,7 @@ FailureHook = Callable[[int, Failure], None]
 ProgressHook = Callable[[int, int, dict[int, float], float], None]  # (step, steps, loss by member, images/s each)
 
 
-class StackedTrainer:
+class StackedTrainer(MemberStates):
     """The members' stacked model, optimizer and random streams; :meth:`run` is the loop.
 
     Members are numbered by their position in ``members``; a member keeps its number after others
@@ -122,6 +123,7 @@ class StackedTrainer:
         self.last_log_step, self.last_log_seconds = 0, 0.0  # the last train rows, for images_per_s
         self._clock = 0.0  # perf_counter() at step 0
         self._stopped: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+        self._restored: set[int] = set()  # members put back from a checkpoint (:meth:`restore`)
         self._eval_noise = self._make_eval_noise()
         self._refresh_constants()
 
@@ -159,9 +161,13 @@ class StackedTrainer:
         """Train every member for ``settings.steps`` steps, until all have failed, or until ``stop()``.
 
         ``stop`` is asked after every step (its rows written): a stopped group can continue later
-        from :meth:`member_training_state`, as the solo loop continues from its checkpoint.
+        from :meth:`member_training_state`, as the solo loop continues from its checkpoint, and a
+        group whose members were put back (:meth:`restore`) continues from their step.
         """
+        self.check_restored()
         steps = self.settings.steps
+        if not self.running:
+            return self.results
         logged, evaluated = set(log_steps(steps)), eval_steps(steps, self.settings.eval_every)
         progress_every = max(1, min(16, steps // 100))
         self._clock = time.perf_counter() - self.seconds
@@ -316,64 +322,6 @@ class StackedTrainer:
         self.batches.select([self.members[i].seed for i in self.running])
         self.noise.select(keep)
         self._refresh_constants()
-
-    # ----- members out of the stacks ------------------------------------------------------------
-    def member_state_dict(self, i: int) -> dict[str, torch.Tensor]:
-        """Member i as a plain ``VAE(latent_size=its own)`` state_dict (its last state if it failed)."""
-        if i in self._stopped:
-            return self._stopped[i][0]
-        return self.model.member_state_dict(self.running.index(i))
-
-    def member_optimizer_state_dict(self, i: int) -> dict[str, Any]:
-        """Member i's Adam state as a plain Adam over ``VAE.parameters()`` would hold it."""
-        if i in self._stopped:
-            return self._stopped[i][1]
-        slot = self.running.index(i)
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for number, (name, param) in enumerate(self.model.named_member_parameters()):
-            stacked = self.optimizer.state.get(param)
-            if stacked:
-                state[number] = {
-                    key: self.model.member_slice(name, value, slot) if value.dim() else value.clone()
-                    for key, value in stacked.items()
-                }
-        solo = self.model.member_model(slot)
-        groups = make_optimizer(solo, self.settings.lr, self.device).state_dict()["param_groups"]
-        return {"state": state, "param_groups": groups}
-
-    def member_shuffle_state(self, i: int) -> torch.Tensor:
-        """The shuffle generator state member i's solo run would have now (train.TrainResult.shuffle_state)."""
-        return self.batches.shuffle_state(self.members[i].seed)
-
-    def member_training_state(self, i: int) -> dict[str, Any]:
-        """Where member i's loop stands, shaped as the solo loop's checkpoint ``training`` block.
-
-        With its weights, Adam state and RNG states this is all a loop needs to continue member i
-        from step :attr:`step`, alone or in a group.
-        """
-        seed = self.members[i].seed
-        order = self.batches.order_of(seed)
-        position = {
-            "step": self.step,
-            "seconds": self.seconds,
-            "eval_seconds": self.eval_seconds,
-            "last_log_step": self.last_log_step,
-            "last_log_seconds": self.last_log_seconds,
-            "rows": len(self.results[i].rows),
-        }
-        return {
-            "position": position,
-            "total_steps": self.settings.steps,
-            "epoch": self.batches.epoch(self.step),
-            "images": len(self.train_images),
-            "order": None if order is None else order.to(torch.int32),
-        }
-
-    def member_noise_state(self, i: int) -> torch.Tensor | None:
-        """Member i's noise generator state: the global CPU RNG state its solo run would have now."""
-        if i not in self.running:
-            return None
-        return self.noise.generators[self.running.index(i)].get_state()
 
 
 @dataclass
