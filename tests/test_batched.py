@@ -21,7 +21,7 @@ import torch
 
 from tests.conftest import invoke
 from vaecli import checkpoint, run_folder
-from vaecli.stacked_run import FileHelpers, fork_helper, reap
+from vaecli.file_helpers import FileHelpers, fork_helper, reap
 from vaecli.sweep import group_progress
 
 GRID = ["beta=0,0.5", "latent_size=2,10"]
@@ -173,37 +173,47 @@ def test_report_and_resume_on_a_batched_sweep_folder(batched_sweep, runner, tiny
     assert set(pd.read_csv(copy / "sweep.csv").status) == {"ok"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap since the merge with the stop/resume loop: a batched sweep stopped by a signal exits "
-    "128+signal before writing sweep.csv (vae sweep --report still aggregates it); issue 11 stays open",
-)
+def start_sweep(tiny: list[str], sweep_dir: Path, *overrides: str) -> subprocess.Popen:
+    """A real `vae sweep ... hydra/launcher=batched` in a process of its own, as from a shell."""
+    command = [sys.executable, "-m", "vaecli", "sweep", *tiny, *overrides, BATCHED, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_row(member: Path, step: int, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Until the member's metrics.csv holds a row for ``step`` (its group trains past it)."""
+    deadline = time.time() + timeout_s
+    metrics = member / "metrics.csv"
+    while not (metrics.is_file() and f"\n{step}," in metrics.read_text()):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{member.name} never reached step {step}"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_records_every_unfinished_member(tiny, tmp_path, signum):
+    """As a solo member stopped by a signal: its checkpoint, result.json "interrupted", sweep.csv, 128 + signal."""
     sweep_dir = tmp_path / "stopped"
-    command = [sys.executable, "-m", "vaecli", "sweep", *tiny, "train.steps=20000", "beta=0,0.5", BATCHED]
-    process = subprocess.Popen(
-        [*command, f"hydra.sweep.dir={sweep_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        groups = run_folder.read_groups(sweep_dir) or [{}]
-        if groups[0].get("step", 0) >= 32:
-            break
-        time.sleep(0.2)
+    process = start_sweep(tiny, sweep_dir, "train.steps=20000", "beta=0,0.5")
+    wait_for_row(sweep_dir / "beta=0", 32, process)
     process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr  # as every sweep stopped by a signal
+    assert "continue it with: vae sweep" in stderr and f"hydra.sweep.dir={sweep_dir}" in stderr
+    name = signal.Signals(signum).name
     for member in ("beta=0", "beta=0.5"):
         result = result_of(sweep_dir / member)
-        assert result["status"] == "failed", result
         step = checkpoint.load(sweep_dir / member / "checkpoint.pt")["step"]
         assert 32 <= step < 20000
-        assert result["error"] == (
-            f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint.pt holds step {step}; "
-            "rerun the sweep to train it"
-        )
-    assert set(pd.read_csv(sweep_dir / "sweep.csv").status) == {"failed"}
+        assert result["status"] == "interrupted" and result["step"] == step and result["steps"] == 20000
+        assert result["signal"] == name and result["resume"] == f"vae train --resume {sweep_dir / member}"
+        assert pd.read_csv(sweep_dir / member / "metrics.csv").step.max() <= step
+        log = (sweep_dir / member / "train.log").read_text()
+        assert f"stopped by {name} at step {step}; vae train --resume {sweep_dir / member}" in log
+        for figure in ("loss.png", "reconstructions.png", "traversal.png"):
+            assert (sweep_dir / member / figure).stat().st_size > 0, figure
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert set(table.status) == {"interrupted"} and (table.step >= 32).all()
+    assert run_folder.read_groups(sweep_dir)[0]["state"] == "stopped"
 
 
 def test_file_helpers_write_a_share_each_and_failures_fall_back_here(tmp_path):

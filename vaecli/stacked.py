@@ -288,6 +288,17 @@ class StackedTrainer(MemberStates):
         if failed:
             self._fail(failed, on_failure)
 
+    def fail_broken_weights(self, on_failure: FailureHook | None = None) -> None:
+        """Before a checkpoint between check steps: members whose weights became non-finite fail now.
+
+        As the solo loop, which never writes a checkpoint of weights its divergence watch saw break.
+        """
+        message = f"weights became non-finite at step {self.step}; try a smaller train.lr"
+        finite = self._finite_weights()
+        broken = [i for slot, i in enumerate(self.running) if not finite[slot]]
+        if broken:
+            self._fail({i: Failure(self.step, message) for i in broken}, on_failure)
+
     def _fail(self, failed: dict[int, Failure], on_failure: FailureHook | None) -> None:
         self.drop(failed)
         if on_failure is not None:
