@@ -21,7 +21,8 @@ import torch
 
 from tests.conftest import invoke
 from vaecli import checkpoint, run_folder
-from vaecli.stacked_run import FileHelpers, fork_helper, reap
+from vaecli.file_helpers import FileHelpers, fork_helper, reap
+from vaecli.metrics import TIMING_COLUMNS
 from vaecli.sweep import group_progress
 
 GRID = ["beta=0,0.5", "latent_size=2,10"]
@@ -173,37 +174,127 @@ def test_report_and_resume_on_a_batched_sweep_folder(batched_sweep, runner, tiny
     assert set(pd.read_csv(copy / "sweep.csv").status) == {"ok"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap since the merge with the stop/resume loop: a batched sweep stopped by a signal exits "
-    "128+signal before writing sweep.csv (vae sweep --report still aggregates it); issue 11 stays open",
-)
+def start_sweep(tiny: list[str], sweep_dir: Path, *overrides: str) -> subprocess.Popen:
+    """A real `vae sweep ... hydra/launcher=batched` in a process of its own, as from a shell."""
+    command = [sys.executable, "-m", "vaecli", "sweep", *tiny, *overrides, BATCHED, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_row(member: Path, step: int, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Until the member's metrics.csv holds a row for ``step`` (its group trains past it)."""
+    deadline = time.time() + timeout_s
+    metrics = member / "metrics.csv"
+    while not (metrics.is_file() and f"\n{step}," in metrics.read_text()):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{member.name} never reached step {step}"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_records_every_unfinished_member(tiny, tmp_path, signum):
+    """As a solo member stopped by a signal: its checkpoint, result.json "interrupted", sweep.csv, 128 + signal."""
     sweep_dir = tmp_path / "stopped"
-    command = [sys.executable, "-m", "vaecli", "sweep", *tiny, "train.steps=20000", "beta=0,0.5", BATCHED]
-    process = subprocess.Popen(
-        [*command, f"hydra.sweep.dir={sweep_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        groups = run_folder.read_groups(sweep_dir) or [{}]
-        if groups[0].get("step", 0) >= 32:
-            break
-        time.sleep(0.2)
+    process = start_sweep(tiny, sweep_dir, "train.steps=20000", "beta=0,0.5")
+    wait_for_row(sweep_dir / "beta=0", 32, process)
     process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr  # as every sweep stopped by a signal
+    assert "continue it with: vae sweep" in stderr and f"hydra.sweep.dir={sweep_dir}" in stderr
+    name = signal.Signals(signum).name
     for member in ("beta=0", "beta=0.5"):
         result = result_of(sweep_dir / member)
-        assert result["status"] == "failed", result
         step = checkpoint.load(sweep_dir / member / "checkpoint.pt")["step"]
         assert 32 <= step < 20000
-        assert result["error"] == (
-            f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint.pt holds step {step}; "
-            "rerun the sweep to train it"
-        )
-    assert set(pd.read_csv(sweep_dir / "sweep.csv").status) == {"failed"}
+        assert result["status"] == "interrupted" and result["step"] == step and result["steps"] == 20000
+        assert result["signal"] == name and result["resume"] == f"vae train --resume {sweep_dir / member}"
+        assert pd.read_csv(sweep_dir / member / "metrics.csv").step.max() <= step
+        log = (sweep_dir / member / "train.log").read_text()
+        assert f"stopped by {name} at step {step}; vae train --resume {sweep_dir / member}" in log
+        for figure in ("loss.png", "reconstructions.png", "traversal.png"):
+            assert (sweep_dir / member / figure).stat().st_size > 0, figure
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert set(table.status) == {"interrupted"} and (table.step >= 32).all()
+    assert run_folder.read_groups(sweep_dir)[0]["state"] == "stopped"
+
+
+LENGTH = 400  # the stopped sweeps' length: they stop near step 32 or 128 and are continued to it
+RESUME_GRID = ["train.lr=0.001,0.002", "latent_size=2,5"]  # two groups of two (lr splits), latent 2 padded to 5
+FIRST = ("latent_size=2,train.lr=0.001", "latent_size=5,train.lr=0.001")  # the group that completes
+SECOND = ("latent_size=2,train.lr=0.002", "latent_size=5,train.lr=0.002")  # the group that is stopped
+
+
+def resumable(tiny: list[str], *overrides: str) -> list[str]:
+    return [*(item for item in tiny if not item.startswith("train.steps=")), f"train.steps={LENGTH}", *overrides]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, runner, tiny) -> Path:
+    """The grid batched without a stop: what every stopped-and-continued member must equal."""
+    sweep_dir = tmp_path_factory.mktemp("uninterrupted") / "sweep"
+    result = sweep(runner, resumable(tiny), sweep_dir, *RESUME_GRID)
+    assert result.exit_code == 0, result.output
+    return sweep_dir
+
+
+def assert_same_member(member: Path, reference: Path) -> None:
+    """metrics.csv (timing aside) and the final weights, exactly."""
+    mine, theirs = (
+        pd.read_csv(path / "metrics.csv").drop(columns=list(TIMING_COLUMNS)) for path in (member, reference)
+    )
+    pd.testing.assert_frame_equal(mine, theirs, check_exact=True)
+    mine, theirs = checkpoint.load(member)["model"], checkpoint.load(reference)["model"]
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine), member.name
+
+
+def assert_continued(sweep_dir: Path, reference: Path, stopped_at: dict[str, int], done: dict[str, int]) -> None:
+    """Completed members skipped (their checkpoints untouched), the others continued to the reference's result."""
+    assert set(pd.read_csv(sweep_dir / "sweep.csv").status) == {"ok"}
+    [group] = run_folder.read_groups(sweep_dir)
+    assert sorted(group["members"]) == sorted(stopped_at)  # only the stopped group trained again
+    for member, stamp in done.items():
+        assert (sweep_dir / member / "checkpoint.pt").stat().st_mtime_ns == stamp
+        assert "already completed with this config; skipped" in (sweep_dir / member / "train.log").read_text()
+    for member, step in stopped_at.items():
+        result = result_of(sweep_dir / member)
+        assert result["status"] == "ok" and result["resumed_from"] == step and result["step"] == LENGTH
+        log = (sweep_dir / member / "train.log").read_text()
+        assert f"continuing at step {step + 1} of {LENGTH} on" in log
+    for member in (*FIRST, *SECOND):
+        assert_same_member(sweep_dir / member, reference / member)
+
+
+def test_a_stopped_batched_sweep_continues_to_the_uninterrupted_result(runner, tiny, tmp_path, uninterrupted):
+    sweep_dir = tmp_path / "sweep"
+    process = start_sweep(resumable(tiny), sweep_dir, *RESUME_GRID)
+    wait_for_row(sweep_dir / SECOND[0], 32, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    stopped_at = {member: result_of(sweep_dir / member)["step"] for member in SECOND}
+    assert {result_of(sweep_dir / member)["status"] for member in SECOND} == {"interrupted"}
+    assert all(32 <= step < LENGTH for step in stopped_at.values())
+    done = {member: (sweep_dir / member / "checkpoint.pt").stat().st_mtime_ns for member in FIRST}
+
+    again = sweep(runner, resumable(tiny), sweep_dir, *RESUME_GRID)
+    assert again.exit_code == 0, again.output
+    assert_continued(sweep_dir, uninterrupted, stopped_at, done)
+
+
+def test_a_killed_batched_sweep_continues_from_its_periodic_checkpoints(runner, tiny, tmp_path, uninterrupted):
+    """SIGKILL: each member's last checkpoint on the way (train.checkpoint_every=50) is where it continues."""
+    sweep_dir, every = tmp_path / "sweep", "train.checkpoint_every=50"
+    process = start_sweep(resumable(tiny, every), sweep_dir, *RESUME_GRID)
+    wait_for_row(sweep_dir / SECOND[0], 128, process)
+    process.kill()
+    process.communicate(timeout=60)
+    saved = {member: checkpoint.load(sweep_dir / member)["step"] for member in SECOND}
+    assert all(step % 50 == 0 and 100 <= step < LENGTH for step in saved.values()), saved
+    assert {result_of(sweep_dir / member)["status"] for member in SECOND} == {"running"}
+    done = {member: (sweep_dir / member / "checkpoint.pt").stat().st_mtime_ns for member in FIRST}
+
+    again = sweep(runner, resumable(tiny, every), sweep_dir, *RESUME_GRID)
+    assert again.exit_code == 0, again.output
+    assert_continued(sweep_dir, uninterrupted, saved, done)
 
 
 def test_file_helpers_write_a_share_each_and_failures_fall_back_here(tmp_path):

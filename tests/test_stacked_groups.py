@@ -63,6 +63,11 @@ def test_large_groups_split_into_near_equal_parts():
         plan_groups(cfgs, max_group=0)
 
 
+def test_only_members_continuing_from_the_same_step_share_a_group():
+    cfgs = [config(seed=k) for k in range(5)]
+    assert plan_groups(cfgs, max_group=16, starts=[0, 300, 0, 300, 500]) == [[0, 2], [1, 3], [4]]
+
+
 def test_member_and_settings_read_the_config():
     cfg = config(beta=0.5, seed=4, latent_size=3, train__epochs=2.0, train__batch_size=100, model__hidden_sizes=[64])
     assert member_of(cfg) == Member(seed=4, beta=0.5, latent_size=3)

@@ -31,8 +31,9 @@ from vaecli.likelihoods import cb_log_normalizer, cb_mean
 from vaecli.objective import EVAL_CHUNK, kl_to_standard_normal, summarize
 from vaecli.schedules import set_lr
 from vaecli.stacked_model import StackedVAE
+from vaecli.stacked_state import MemberStates
 from vaecli.stacked_streams import NoiseStreams, StackedBatches, solo_start
-from vaecli.train import eval_steps, log_steps, make_optimizer
+from vaecli.train import eval_steps, log_steps
 
 EVAL_ROWS = 2048  # images x members per evaluation chunk: temporaries of ~6 MB stay cached and off mmap
 TERM_NAMES = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
@@ -101,7 +102,7 @@ FailureHook = Callable[[int, Failure], None]
 ProgressHook = Callable[[int, int, dict[int, float], float], None]  # (step, steps, loss by member, images/s each)
 
 
-class StackedTrainer:
+class StackedTrainer(MemberStates):
     """The members' stacked model, optimizer and random streams; :meth:`run` is the loop.
 
     Members are numbered by their position in ``members``; a member keeps its number after others
@@ -133,12 +134,9 @@ class StackedTrainer:
         self.last_log_step, self.last_log_seconds = 0, 0.0  # the last train rows, for images_per_s
         self._clock = 0.0  # perf_counter() at step 0
         self._stopped: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+        self._restored: set[int] = set()  # members put back from a checkpoint (:meth:`restore`)
         self._eval_noise = self._make_eval_noise()
         self._refresh_constants()
-
-    def _adam(self, model: torch.nn.Module) -> torch.optim.Adam:
-        """The solo loop's Adam (fused where the device has it) with the group's settings."""
-        return make_optimizer(model, self.settings.lr, self.device, self.settings.betas, self.settings.eps)
 
     def _binarized(self, x: torch.Tensor) -> torch.Tensor:
         """data.binarize=dynamic: each member's batch drawn by its own binarizer, as its solo loop draws it."""
@@ -181,9 +179,13 @@ class StackedTrainer:
         """Train every member for ``settings.steps`` steps, until all have failed, or until ``stop()``.
 
         ``stop`` is asked after every step (its rows written): a stopped group can continue later
-        from :meth:`member_training_state`, as the solo loop continues from its checkpoint.
+        from :meth:`member_training_state`, as the solo loop continues from its checkpoint, and a
+        group whose members were put back (:meth:`restore`) continues from their step.
         """
+        self.check_restored()
         steps = self.settings.steps
+        if not self.running:
+            return self.results
         logged, evaluated = set(log_steps(steps)), eval_steps(steps, self.settings.eval_every)
         progress_every = max(1, min(16, steps // 100))
         self._clock = time.perf_counter() - self.seconds
@@ -307,6 +309,17 @@ class StackedTrainer:
         if failed:
             self._fail(failed, on_failure)
 
+    def fail_broken_weights(self, on_failure: FailureHook | None = None) -> None:
+        """Before a checkpoint between check steps: members whose weights became non-finite fail now.
+
+        As the solo loop, which never writes a checkpoint of weights its divergence watch saw break.
+        """
+        message = f"weights became non-finite at step {self.step}; try a smaller train.lr"
+        finite = self._finite_weights()
+        broken = [i for slot, i in enumerate(self.running) if not finite[slot]]
+        if broken:
+            self._fail({i: Failure(self.step, message) for i in broken}, on_failure)
+
     def _fail(self, failed: dict[int, Failure], on_failure: FailureHook | None) -> None:
         self.drop(failed)
         if on_failure is not None:
@@ -343,71 +356,6 @@ class StackedTrainer:
         self.batches.select([self.members[i].seed for i in self.running])
         self.noise.select(keep)
         self._refresh_constants()
-
-    # ----- members out of the stacks ------------------------------------------------------------
-    def member_state_dict(self, i: int) -> dict[str, torch.Tensor]:
-        """Member i as a plain ``VAE(latent_size=its own)`` state_dict (its last state if it failed)."""
-        if i in self._stopped:
-            return self._stopped[i][0]
-        return self.model.member_state_dict(self.running.index(i))
-
-    def member_optimizer_state_dict(self, i: int) -> dict[str, Any]:
-        """Member i's Adam state as a plain Adam over ``VAE.parameters()`` would hold it."""
-        if i in self._stopped:
-            return self._stopped[i][1]
-        slot = self.running.index(i)
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for number, (name, param) in enumerate(self.model.named_member_parameters()):
-            stacked = self.optimizer.state.get(param)
-            if stacked:
-                state[number] = {
-                    key: self.model.member_slice(name, value, slot) if value.dim() else value.clone()
-                    for key, value in stacked.items()
-                }
-        solo = self.model.member_model(slot)
-        groups = self._adam(solo).state_dict()["param_groups"]
-        for group in groups:
-            group["lr"] = self.optimizer.param_groups[0]["lr"]  # the schedule's current stage
-        return {"state": state, "param_groups": groups}
-
-    def member_shuffle_state(self, i: int) -> torch.Tensor:
-        """The shuffle generator state member i's solo run would have now (train.TrainResult.shuffle_state)."""
-        return self.batches.shuffle_state(self.members[i].seed)
-
-    def member_training_state(self, i: int) -> dict[str, Any]:
-        """Where member i's loop stands, shaped as the solo loop's checkpoint ``training`` block.
-
-        With its weights, Adam state and RNG states this is all a loop needs to continue member i
-        from step :attr:`step`, alone or in a group.
-        """
-        seed = self.members[i].seed
-        order = self.batches.order_of(seed)
-        position = {
-            "step": self.step,
-            "seconds": self.seconds,
-            "eval_seconds": self.eval_seconds,
-            "last_log_step": self.last_log_step,
-            "last_log_seconds": self.last_log_seconds,
-            "rows": len(self.results[i].rows),
-        }
-        return {
-            "position": position,
-            "total_steps": self.settings.steps,
-            "epoch": self.batches.epoch(self.step),
-            "images": len(self.train_images),
-            "order": None if order is None else order.to(torch.int32),
-        }
-
-    def member_binarize_state(self, i: int) -> dict[str, torch.Tensor]:
-        """``{"binarize": state}`` of member i's batch binarizer (data.binarize=dynamic), else {}."""
-        binarizer = self.binarizers[i]
-        return {} if binarizer is None else {"binarize": binarizer.get_state()}
-
-    def member_noise_state(self, i: int) -> torch.Tensor | None:
-        """Member i's noise generator state: the global CPU RNG state its solo run would have now."""
-        if i not in self.running:
-            return None
-        return self.noise.generators[self.running.index(i)].get_state()
 
 
 @dataclass

@@ -36,14 +36,19 @@ def group_key(cfg: Any) -> str:
     return json.dumps(plain, sort_keys=True, default=str)
 
 
-def plan_groups(cfgs: Sequence[Any], max_group: int) -> list[list[int]]:
+def plan_groups(cfgs: Sequence[Any], max_group: int, starts: Sequence[int] | None = None) -> list[list[int]]:
     """Member indices grouped by :func:`group_key` (in first-seen order), split into groups of at most
-    ``max_group`` of near-equal size (17 members and max 16 give 9 + 8, not 16 + 1)."""
+    ``max_group`` of near-equal size (17 members and max 16 give 9 + 8, not 16 + 1).
+
+    ``starts`` are the steps the members continue from (a stopped sweep run again): a stacked
+    model takes one step for all, so only members continuing from the same step share a group.
+    """
     if max_group < 1:
         raise ValueError("max_group must be >= 1")
-    by_key: dict[str, list[int]] = {}
+    starts = starts if starts is not None else [0] * len(cfgs)
+    by_key: dict[tuple[str, int], list[int]] = {}
     for index, cfg in enumerate(cfgs):
-        by_key.setdefault(group_key(cfg), []).append(index)
+        by_key.setdefault((group_key(cfg), int(starts[index])), []).append(index)
     groups: list[list[int]] = []
     for indices in by_key.values():
         parts = math.ceil(len(indices) / max_group)

@@ -123,6 +123,20 @@ class StackedVAE(nn.Module):
             part = part[:, :size]
         return part.detach().contiguous().clone()
 
+    def member_unslice(self, name: str, plain: torch.Tensor, i: int) -> torch.Tensor:
+        """The inverse of :meth:`member_slice`: a plain VAE tensor in member i's stacked layout, zero on padding.
+
+        Used to put a member back from its checkpoint (weights and Adam moments alike); padding
+        stays exactly zero, as training keeps it.
+        """
+        size, layer = self.latent_sizes[i], name.rsplit(".", 1)[0]
+        if layer == "encoder.head":
+            rows = _latent_rows(size, self.latent_size).to(plain.device)
+            plain = plain.new_zeros(2 * self.latent_size, *plain.shape[1:]).index_copy_(0, rows, plain)
+        elif layer == self.decoder_input and name.endswith(".weight"):
+            plain = torch.cat([plain, plain.new_zeros(plain.shape[0], self.latent_size - size)], dim=1)
+        return plain.unsqueeze(0) if name.endswith(".bias") else plain.T
+
     def member_state_dict(self, i: int) -> dict[str, torch.Tensor]:
         """Member i as a plain ``VAE(latent_size=its own size)`` state_dict."""
         return {name: self.member_slice(name, param, i) for name, param in self.named_member_parameters()}

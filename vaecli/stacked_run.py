@@ -7,27 +7,28 @@ closes every member's folder as it does for any launcher:
 1. :func:`start_member`, as a member's task inside ``run_job``: the config in its train.log,
    result.json "running", and which log files Hydra opened for it;
 2. :meth:`GroupRun.train`: one stacked model (:mod:`vaecli.stacked`) for the whole group. Each
-   member's metrics.csv rows and train.log lines are written as they come; a member whose loss or
-   weights turn non-finite is recorded "failed" there and then, and the others carry on;
+   member's metrics.csv rows and train.log lines are written as they come, and its checkpoint.pt
+   on the way, as often as the solo loop writes one; a member whose loss or weights turn
+   non-finite is recorded "failed" there and then, and the others carry on;
 3. :meth:`GroupRun.finish`, as the member's task inside ``run_job`` (with the sweep's callbacks):
    checkpoint.pt of a plain single model, the figures and result.json through :func:`vaecli.run.save_run`,
-   as `vae train` writes them; on Linux, forked :class:`FileHelpers` write a share of them meanwhile.
+   as `vae train` writes them; on Linux, forked :class:`~vaecli.file_helpers.FileHelpers` write a
+   share of them meanwhile.
 
-A group stopped early (SIGINT/SIGTERM) records every unfinished member: its checkpoint at the step
-reached, with the loop position a later run continues from, and result.json "failed" saying it was
-interrupted, so rerunning the sweep trains it again.
+Stopping and resuming work as for a solo member. A first SIGINT/SIGTERM ends the group's step,
+writes every unfinished member's checkpoint at the step reached and its result.json
+"interrupted" (before any figure), then its figures; a second Ctrl-C records at once the
+members not yet recorded, at their last checkpoint's step. A member that continues (its
+checkpoint is put back into the stacks, :meth:`vaecli.stacked.StackedTrainer.restore`) keeps
+the metrics.csv rows its checkpoint counted, and ends as it would have without the stop.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vaecli import run_folder
-from vaecli.config import test_held_out
+from vaecli.config import AUTO_CHECKPOINT_SECONDS, test_held_out
+from vaecli.errors import RunError
+from vaecli.file_helpers import FileHelpers
 from vaecli.likelihoods import nats_label
 from vaecli.metrics import MetricsWriter
-from vaecli.run import config_hash, run_events, run_place, save_run
+from vaecli.run import config_hash, draw_run_figures, resume_command, run_events, run_place, save_run
 from vaecli.runtime import pick_device
+from vaecli.signals import signal_name
 from vaecli.stacked import Failure, StackedTrainer
 from vaecli.stacked_groups import member_of, settings_of
 from vaecli.train import TrainResult, load_data, make_optimizer
@@ -57,22 +61,32 @@ class MemberStart:
     started: float  # time.time() at the group's start
     fingerprint: str  # config_hash
     log_files: list[tuple[str, logging.Formatter | None]]  # the files Hydra's job logging writes its train.log to
+    resume: dict[str, Any] | None = None  # the loaded checkpoint it continues from
+
+    @property
+    def resumed_from(self) -> int:
+        return int(self.resume["step"]) if self.resume else 0
 
 
-def start_member(cfg: DictConfig) -> MemberStart:
-    """Step 1, inside Hydra's ``run_job``: what `vae train` records before its first step."""
+def start_member(cfg: DictConfig, resume: dict[str, Any] | None = None) -> MemberStart:
+    """Step 1, inside Hydra's ``run_job``: what `vae train` records before its first step.
+
+    ``resume`` is the member's checkpoint to continue from (:func:`vaecli.resume.resume_point`).
+    """
     from hydra.core.hydra_config import HydraConfig
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     started, fingerprint = time.time(), config_hash(cfg)
-    run_folder.write_result(out_dir, status="running", started=started, config_hash=fingerprint, **run_place())
+    start = MemberStart(out_dir, started, fingerprint, [], resume)
+    record = {"config_hash": fingerprint, **run_place(), "resumed_from": start.resumed_from}
+    run_folder.write_result(out_dir, status="running", started=started, **record)
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    files = [
+    start.log_files = [
         (handler.baseFilename, handler.formatter)
         for handler in logging.getLogger().handlers
         if isinstance(handler, logging.FileHandler)
     ]
-    return MemberStart(out_dir, started, fingerprint, files)
+    return start
 
 
 def data_key(cfg: DictConfig) -> str:
@@ -90,9 +104,14 @@ class GroupRun:
         self.loggers = [member_logger(start, number) for number, start in enumerate(starts)]
         self.where = run_place()
         self.trainer: StackedTrainer | None = None
+        self.writers: dict[int, MetricsWriter] = {}
         self.errors: dict[int, str] = {}  # members recorded as failed
-        self.helpers = FileHelpers(self.save, [], 0)
+        self.helpers = FileHelpers(self.files, [], 0)
         self.finished: set[int] = set()  # members whose files are written
+        self.stopped_by: int | None = None  # the signal that stopped the group before its last step
+        self.recorded: set[int] = set()  # members whose result.json says "interrupted"
+        self.saved_steps: dict[int, int] = {}  # the step of each member's last checkpoint this session
+        self.last_save = 0.0  # perf_counter() at the last checkpoints
 
     def say(self, message: str) -> None:
         for logger in self.loggers:
@@ -108,70 +127,119 @@ class GroupRun:
         self.device = pick_device(first.device)
         self.settings = settings_of(first, len(train_images))
         members = [member_of(cfg) for cfg in self.cfgs]
-        self.say(
-            f"training {self.settings.steps} steps on {len(train_images)} {first.data.name} images "
-            f"({self.device}, {self.threads} threads), stacked with {len(members) - 1} other sweep members"
-        )
         return StackedTrainer(members, self.settings, train_images, self.test.images, self.device)
+
+    def open_members(self, trainer: StackedTrainer) -> None:
+        """Each member's metrics.csv (kept up to its checkpoint's rows when it continues, then put back
+        into the stacks); a member whose folder cannot continue fails alone, as its solo run would."""
+        first, broken = self.cfgs[0], {}
+        held_out = test_held_out(first)
+        nats_are = nats_label(str(first.model.likelihood), first.data.binarize != "none")
+        for i, start in enumerate(self.starts):
+            keep = start.resume["training"]["position"]["rows"] if start.resume else None
+            try:
+                path = start.out_dir / run_folder.METRICS_CSV
+                self.writers[i] = MetricsWriter(path, keep, held_out, nats_are)
+                if start.resume is not None:
+                    trainer.restore(i, start.resume, self.writers[i].rows)
+            except RunError as error:
+                broken[i] = Failure(start.resumed_from, str(error), type(error).__name__)
+        if broken:
+            trainer.drop(broken)
+        for i, failure in broken.items():
+            self.fail(i, str(failure), "its folder could not continue from its checkpoint")
+        where = f"{len(trainer.train_images)} {self.cfgs[0].data.name} images ({self.device}, {self.threads} threads)"
+        steps, others = self.settings.steps, len(self.starts) - 1
+        start_text = f"continuing at step {trainer.step + 1} of {steps}" if trainer.step else f"training {steps} steps"
+        self.say(f"{start_text} on {where}, stacked with {others} other sweep members")
 
     def train(self, stop: Callable[[], bool], on_progress: Callable[[int, int], None]) -> bool:
         """Step 2: train the group; False when ``stop()`` ended it before its last step.
 
         An error (no data, a bug) fails every member with it, as each solo run would have failed.
         """
-        writers: list[MetricsWriter] = []
-        events = [run_events(cfg, start.out_dir) for cfg, start in zip(self.cfgs, self.starts)]  # logger=tensorboard
-
-        def row(i: int, values: dict[str, Any]) -> None:
-            writers[i].write(values)
-            if events[i] is not None:  # the member's own model for the pictures of its test rows
-                model = trainer.model.member_model(trainer.running.index(i)) if values["split"] == "test" else None
-                events[i](values, model)
-            if values["split"] == "train":
-                self.loggers[i].info(
-                    f"step {values['step']}: loss {values['loss']:.5f}, neg_elbo_nats {values['neg_elbo_nats']:.2f}"
-                )
-
+        self.events = [run_events(cfg, start.out_dir) for cfg, start in zip(self.cfgs, self.starts)]
         try:
             self.trainer = trainer = self.build()
-            first = self.cfgs[0]
-            held_out = test_held_out(first)
-            nats_are = nats_label(str(first.model.likelihood), first.data.binarize != "none")
-            writers += [
-                MetricsWriter(start.out_dir / run_folder.METRICS_CSV, test_held_out=held_out, nats_are=nats_are)
-                for start in self.starts
-            ]
+            self.open_members(trainer)
+            self.last_save = time.perf_counter()
             trainer.run(
-                on_row=row,
+                on_row=self.row,
                 on_failure=self.failed,
                 on_progress=lambda step, steps, *_: on_progress(step, steps),
-                stop=stop,
+                stop=lambda: self.after_step(stop),
             )
+            stopped = bool(trainer.running) and trainer.step < self.settings.steps
+            if stopped and any(self.saved_steps.get(i) != trainer.step for i in trainer.running):
+                self.checkpoint()  # as the solo loop: the step the stop came in is saved
         except Exception as error:
             for i in range(len(self.cfgs)):
                 if i not in self.errors:
                     self.fail(i, f"{type(error).__name__}: {error}", traceback.format_exc())
             return True
         finally:
-            for writer in writers:
+            for writer in self.writers.values():
                 writer.close()
             done = self.trainer is not None and self.trainer.step == self.settings.steps
-            for i, sink in enumerate(events):
+            for i, sink in enumerate(self.events):
                 if sink is not None:  # before any helper forks: the events writer runs a thread
                     sink.close(failed=i in self.errors or not done)
-        return trainer.step == self.settings.steps or not trainer.running
+        return not stopped
+
+    def row(self, i: int, values: dict[str, Any]) -> None:
+        """A metrics row of member i: metrics.csv, TensorBoard events (logger=tensorboard), train.log."""
+        trainer = self.trainer
+        self.writers[i].write(values)
+        if self.events[i] is not None:  # the member's own model for the pictures of its test rows
+            model = trainer.model.member_model(trainer.running.index(i)) if values["split"] == "test" else None
+            self.events[i](values, model)
+        if values["split"] == "train":
+            self.loggers[i].info(
+                f"step {values['step']}: loss {values['loss']:.5f}, neg_elbo_nats {values['neg_elbo_nats']:.2f}"
+            )
+
+    def after_step(self, stop: Callable[[], bool]) -> bool:
+        """Asked after every step: True to stop there; else the members' checkpoints when due.
+
+        Due as in the solo loop (vaecli.train.Loop.checkpoint_due): every ``train.checkpoint_every``
+        steps, or, when that is null, after AUTO_CHECKPOINT_SECONDS; so a kill loses at most that.
+        """
+        if stop():
+            return True
+        step, every = self.trainer.step, self.cfgs[0].train.checkpoint_every
+        if every is None:
+            due = time.perf_counter() - self.last_save >= AUTO_CHECKPOINT_SECONDS
+        else:
+            due = every > 0 and step % every == 0
+        if due and step < self.settings.steps:  # the last step's checkpoint comes with the files
+            self.checkpoint()
+        return False
+
+    def checkpoint(self) -> None:
+        """checkpoint.pt of every running member at this step, after the metrics rows it counts are on disk."""
+        trainer = self.trainer
+        trainer.fail_broken_weights(self.failed)
+        for i in trainer.running:
+            self.writers[i].sync()
+            self.save(i, figures=False)
+            self.saved_steps[i] = trainer.step
+        self.last_save = time.perf_counter()
 
     def failed(self, i: int, failure: Failure) -> None:
         """A member the loop dropped: recorded at once, as a solo run records its exception."""
         self.fail(i, str(failure), f"found at step {failure.step}, where the loop checks its loss and weights")
 
     def fail(self, i: int, error: str, detail: str) -> None:
-        start = self.starts[i]
         self.errors[i] = error
-        seconds = round(time.time() - start.started, 3)
-        record = {"error": error, "seconds": seconds, "config_hash": start.fingerprint, **self.where, "resumed_from": 0}
-        run_folder.write_result(start.out_dir, status="failed", **record, traceback=detail)
+        self.write(i, "failed", error=error, traceback=detail)
         self.loggers[i].error("run failed: %s", error)
+
+    def write(self, i: int, status: str, **fields: Any) -> None:
+        """Member i's result.json, with the fields `vae train` gives every status."""
+        start = self.starts[i]
+        seconds = round(time.time() - start.started, 3)
+        record = {"config_hash": start.fingerprint, **self.where, "resumed_from": start.resumed_from}
+        run_folder.write_result(start.out_dir, status=status, seconds=seconds, **record, **fields)
 
     def result(self, i: int) -> TrainResult:
         """Member i as the solo loop's result: a plain model and its own Adam state."""
@@ -185,6 +253,12 @@ class GroupRun:
             model, optimizer, trainer.step, self.settings.steps, rows, self.test, seconds, eval_seconds, final
         )
 
+    def summary(self, i: int) -> dict[str, Any]:
+        """result.json's summary fields for member i, as :func:`vaecli.run.save_run` returns them."""
+        trainer = self.trainer
+        step, seconds, final = trainer.step, round(trainer.seconds, 3), trainer.results[i].final
+        return {"step": step, "steps": self.settings.steps, "train_seconds": seconds, "final": final}
+
     def save(self, i: int, figures: bool = True) -> dict[str, Any]:
         """checkpoint.pt (with the loop position to continue from) and, with ``figures``, the run's figures."""
         rng = {"torch": self.trainer.member_noise_state(i), "shuffle": self.trainer.member_shuffle_state(i)}
@@ -192,125 +266,62 @@ class GroupRun:
         training = self.trainer.member_training_state(i)
         return save_run(self.cfgs[i], self.starts[i].out_dir, self.result(i), rng, training, figures=figures)
 
+    def files(self, i: int) -> dict[str, Any]:
+        """Member i's files once the group ended: checkpoint.pt and figures (after a stop, the figures only)."""
+        if self.stopped_by is None:
+            return self.save(i)
+        draw_run_figures(self.result(i), self.starts[i].out_dir, self.cfgs[i])
+        return self.summary(i)
+
     def start_helpers(self, workers: int) -> list[int]:
         """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`);
         returns the order to finish the members in: this process's share first."""
         if self.trainer is None or self.device.type != "cpu":
             workers = 0  # a forked child cannot use the parent's CUDA (or MPS) context
-        self.helpers = FileHelpers(self.save, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
+        self.helpers = FileHelpers(self.files, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
         return self.helpers.order(range(len(self.cfgs)))
 
     def finish(self, i: int, cfg: DictConfig) -> dict[str, Any]:
         """Step 3, member i's task inside Hydra's ``run_job``: its files and result.json, as `vae train`'s task."""
-        start = self.starts[i]
         if i in self.errors:
             return {"status": "failed", "error": self.errors[i]}
         try:
-            if self.helpers.written(i):  # the summary save_run returns
-                summary = {"step": self.trainer.step, "steps": self.settings.steps}
-                summary["train_seconds"] = round(self.trainer.seconds, 3)
-                summary["final"] = self.trainer.results[i].final
-            else:
-                summary = self.save(i)
+            summary = self.summary(i) if self.helpers.written(i) else self.files(i)
         except Exception as error:  # as run.task in a sweep: record it, let the others finish
             self.fail(i, f"{type(error).__name__}: {error}", traceback.format_exc())
             return {"status": "failed", "error": self.errors[i]}
-        log.info("wrote %s", start.out_dir)
-        seconds = round(time.time() - start.started, 3)
-        record = {"seconds": seconds, "config_hash": start.fingerprint, **self.where, "resumed_from": 0, **summary}
-        run_folder.write_result(start.out_dir, status="ok", **record)
         self.finished.add(i)
+        if self.stopped_by is not None:  # result.json was written at the stop
+            name, command = signal_name(self.stopped_by), resume_command(self.starts[i].out_dir)
+            log.info("stopped by %s at step %s; %s", name, summary["step"], command)
+            return {"status": "interrupted", **{key: summary[key] for key in ("step", "steps", "train_seconds")}}
+        log.info("wrote %s", self.starts[i].out_dir)
+        self.write(i, "ok", **summary)
         return {"status": "ok", **summary}
 
-    def interrupt(self, reason: str, consistent: bool) -> None:
-        """Record every member that has not finished: "failed" (a rerun trains it again), and, when the
-        stacks are ``consistent`` (stopped between steps), its checkpoint at the step reached."""
-        trainer = self.trainer
-        step = trainer.step if trainer else 0
-        for i in range(len(self.cfgs)):
-            if i in self.errors or i in self.finished:
-                continue
-            saved = ""
-            if consistent and step > 0 and trainer is not None:
-                self.save(i, figures=False)
-                saved = f"; {run_folder.CHECKPOINT} holds step {step}"
-            self.fail(i, f"interrupted by {reason} at step {step}{saved}; rerun the sweep to train it", "interrupted")
+    def record_stop(self, signum: int) -> None:
+        """A stop between steps: result.json "interrupted" for every member still training, worded as
+        `vae train` words it, before any figure (their checkpoints hold this step)."""
+        self.stopped_by = signum
+        for i in self.trainer.running:
+            command = resume_command(self.starts[i].out_dir)
+            self.write(i, "interrupted", **self.summary(i), signal=signal_name(signum), resume=command)
+            self.recorded.add(i)
+
+    def quit(self, signum: int) -> None:
+        """A second Ctrl-C: members not yet recorded record "interrupted" at their last checkpoint's step, at once."""
+        for i, start in enumerate(self.starts):
+            if i not in self.errors and i not in self.finished and i not in self.recorded:
+                step = self.saved_steps.get(i, start.resumed_from)
+                self.write(
+                    i, "interrupted", step=step, signal=signal_name(signum), resume=resume_command(start.out_dir)
+                )
 
     def close(self) -> None:
         for logger in self.loggers:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
                 handler.close()
-
-
-class FileHelpers:
-    """Forked helper processes that write some members' files while this process writes the others'.
-
-    A member's files (checkpoint.pt, three figures) take a fraction of a second, mostly plotnine's,
-    and once a group has trained nothing else keeps the other CPUs busy. On Linux, helpers forked
-    from this process (its memory shared copy-on-write, one torch thread each, as torch's DataLoader
-    workers) write a share of the members each. A helper that fails or hangs only costs time: its
-    members' files are then written here.
-    """
-
-    SECONDS_PER_MEMBER = 30  # a helper that takes longer than this per member (plus a minute) is stopped
-
-    def __init__(self, write: Callable[[int], object], members: list[int], workers: int):
-        self.pids: dict[int, int] = {}  # member -> its helper's pid
-        self.wrote: dict[int, bool] = {}  # helper pid -> it wrote all of its members' files
-        self.sizes: dict[int, int] = {}  # helper pid -> its members
-        if workers < 1 or len(members) < 2 or sys.platform != "linux":
-            return
-        for share in (members[k :: workers + 1] for k in range(1, workers + 1)):
-            if share:
-                pid = fork_helper(write, share)
-                self.pids.update(dict.fromkeys(share, pid))
-                self.sizes[pid] = len(share)
-
-    def order(self, members: Iterable[int]) -> list[int]:
-        members = list(members)
-        return [i for i in members if i not in self.pids] + [i for i in members if i in self.pids]
-
-    def written(self, i: int) -> bool:
-        """Whether a helper wrote member i's files (False: write them here)."""
-        pid = self.pids.pop(i, None)
-        if pid is None:
-            return False
-        if pid not in self.wrote:
-            self.wrote[pid] = reap(pid, 60 + self.SECONDS_PER_MEMBER * self.sizes[pid])
-        return self.wrote[pid]
-
-
-def fork_helper(write: Callable[[int], object], share: list[int]) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns about forking with threads
-        pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends a helper; the parent writes its share
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool
-        for i in share:
-            write(i)
-        code = 0
-    finally:
-        os._exit(code)
-
-
-def reap(pid: int, timeout: float) -> bool:
-    """Wait for a helper; True when it exited 0 within ``timeout`` seconds (else it is killed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return False
-        time.sleep(0.02)
 
 
 def member_logger(start: MemberStart, number: int) -> logging.Logger:

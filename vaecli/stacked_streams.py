@@ -82,6 +82,15 @@ class StackedBatches(Batches):
         """The shuffle generator state a solo run with ``seed`` would have now (for resume)."""
         return self.generators[seed].get_state()
 
+    def restore(self, seed: int, shuffle_state: torch.Tensor, order: torch.Tensor | None) -> None:
+        """Seed ``seed``'s shuffle generator and this epoch's order, from a checkpoint (as data.Batches resumes)."""
+        self.generators[seed].set_state(shuffle_state)
+        if order is None:
+            return
+        if self.order is None:  # every seed of a group resumes at the same step: each row gets filled
+            self.order = torch.zeros(len(self.seeds), len(self.images), dtype=torch.int64, device=self.images.device)
+        self.order[self.seeds.index(seed)] = order.to(torch.int64).to(self.images.device)
+
 
 class NoiseStreams:
     """Per-member standard normal noise (G, B, padded latent), zero on padded dims."""

@@ -9,9 +9,13 @@ Hydra's ``run_job`` sets it up (``.hydra/``, train.log) and, after the group's l
 member's task that writes checkpoint.pt, the figures and result.json (:mod:`vaecli.stacked_run`).
 
 Members that already completed with the same config are skipped by the ordinary task, as with any
-launcher. A first SIGINT/SIGTERM stops the running group after its current step: each unfinished
-member gets its checkpoint and a "failed ... interrupted" result.json (a rerun trains it again);
-a second Ctrl-C leaves at once.
+launcher. Stopping and resuming work as under the other launchers (:mod:`vaecli.signals`): a first
+SIGINT/SIGTERM (or the sweep's stop file) ends the running group after its current step, each
+unfinished member writes its checkpoint and result.json "interrupted", the groups not yet started
+do not start (their members record it as the ordinary task does), and `vae sweep` writes
+sweep.csv and exits 128 + the signal. Running the sweep again continues interrupted (or killed)
+members from their checkpoints; members continuing from the same step share a group. A second
+Ctrl-C leaves at once.
 
 This module is imported by every Hydra app in the environment (plugin discovery), so it imports
 torch and vaecli only when a sweep launches. Hydra's scanner executes it without registering it in
@@ -22,8 +26,7 @@ import copy
 import logging
 import signal
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -59,43 +62,11 @@ class Job:
     config: DictConfig  # with the hydra node, as run_job takes it
     cfg: DictConfig  # without it, as the task gets it
     out_dir: Path
+    resume_step: int = 0  # the step its checkpoint lets it continue from (0: it starts afresh)
 
     @property
     def name(self) -> str:
         return self.out_dir.name
-
-
-class StopRequests:
-    """The first SIGINT or SIGTERM asks the running group to stop after its step; a second SIGINT quits at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def handle(self, signum: int, frame: object = None) -> None:
-        if self.signum is None:
-            self.signum = signum
-            log.warning("%s: the group stops after this step and records its members", signal.Signals(signum).name)
-        elif signum == signal.SIGINT:
-            raise KeyboardInterrupt
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum or signal.SIGINT).name
-
-    @contextmanager
-    def installed(self) -> Iterator["StopRequests"]:
-        try:
-            previous = {number: signal.signal(number, self.handle) for number in (signal.SIGINT, signal.SIGTERM)}
-        except ValueError:  # not the main thread: nothing can be installed, Ctrl-C stays Python's
-            previous = {}
-        try:
-            yield self
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
 
 
 class BatchedLauncher(Launcher):
@@ -109,7 +80,9 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from vaecli import run_folder
         from vaecli.run import completed
+        from vaecli.signals import STOP
         from vaecli.stacked_groups import plan_groups
         from vaecli.stacked_run import GroupBoard
 
@@ -127,19 +100,30 @@ class BatchedLauncher(Launcher):
             if completed(job.cfg, job.out_dir):  # the ordinary task skips it, and says so in its train.log
                 returns[k] = self.run(job, self.task_function)
             else:
+                job.resume_step = int((self.resume_of(job) or {}).get("step", 0))
                 pending.append(k)
-        groups = [[pending[j] for j in group] for group in plan_groups([jobs[k].cfg for k in pending], self.max_group)]
+        cfgs, starts = [jobs[k].cfg for k in pending], [jobs[k].resume_step for k in pending]
+        groups = [[pending[j] for j in group] for group in plan_groups(cfgs, self.max_group, starts)]
         log.info(f"Launching {len(pending)} jobs as {len(groups)} stacked groups ({len(jobs) - len(pending)} done)")
         board = GroupBoard(sweep_dir, [[jobs[k].name for k in group] for group in groups])
-        stop, data = StopRequests(), {}  # data: the images, loaded once per dataset
-        with stop.installed():
+        data: dict = {}  # the images, loaded once per dataset
+        with STOP.installed(stop_file=sweep_dir / run_folder.STOP_FILE):
             for number, group in enumerate(groups):
-                if stop.requested():  # stopped while a group wrote its files: start no other group
-                    raise KeyboardInterrupt(f"stopped by {stop.name}")
+                if STOP.requested():  # stopped: no other group starts; its members say so as under any launcher
+                    returns.update((k, self.run(jobs[k], self.task_function)) for k in group)
+                    continue
                 for k in group:
                     log.info(f"\tgroup {number + 1}, #{jobs[k].idx} : {' '.join(filter_overrides(jobs[k].overrides))}")
-                returns.update(zip(group, self.train_group(number, [jobs[k] for k in group], board, stop, data)))
+                returns.update(zip(group, self.train_group(number, [jobs[k] for k in group], board, data)))
         return [returns[k] for k in range(len(jobs))]
+
+    @staticmethod
+    def resume_of(job: Job) -> dict[str, Any] | None:
+        """The member's checkpoint to continue from, as the ordinary task finds it (None: start afresh)."""
+        from vaecli import run_folder
+        from vaecli.resume import resume_point
+
+        return resume_point(job.cfg, job.out_dir, run_folder.read_result(job.out_dir), sweeping=True)
 
     def job(self, idx: int, overrides: Sequence[str]) -> Job:
         """Hydra's config for member ``idx`` and its folder, found as run_job finds it."""
@@ -175,33 +159,37 @@ class BatchedLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
-    def train_group(self, number: int, jobs: list[Job], board: Any, stop: StopRequests, data: dict) -> list[JobReturn]:
-        """One group from the members' first file to their last; raises KeyboardInterrupt when stopped."""
+    def train_group(self, number: int, jobs: list[Job], board: Any, data: dict) -> list[JobReturn]:
+        """One group from the members' first file to their last; a second Ctrl-C raises, its members recorded."""
         from vaecli.runtime import threads_for
+        from vaecli.signals import STOP, signal_name
         from vaecli.stacked_run import GroupRun, start_member
 
         assert self.config is not None
         started = time.perf_counter()
-        starts = [self.run(job, start_member, callbacks=False).return_value for job in jobs]
+        starts = [self.run(job, partial(start_member, resume=self.resume_of(job)), callbacks=False) for job in jobs]
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # the sweep's log while training
         threads = threads_for(jobs[0].cfg.threads, self.config.hydra.launcher)
-        group = GroupRun([job.cfg for job in jobs], starts, threads, data)
+        group = GroupRun([job.cfg for job in jobs], [start.return_value for start in starts], threads, data)
         board.state(number, "running")
         try:
             trained = time.perf_counter()
-            if not group.train(stop.requested, partial(board.step, number)):
-                group.interrupt(stop.name, consistent=True)
-                raise KeyboardInterrupt(f"stopped by {stop.name}")
+            done = group.train(STOP.requested, partial(board.step, number))
+            if not done:  # stopped after a step: every unfinished member records it before any figure
+                group.record_stop(STOP.signum or signal.SIGTERM)
+                log.info(
+                    "group %d: stopped by %s at step %d", number + 1, signal_name(group.stopped_by), group.trainer.step
+                )
             finishing = time.perf_counter()
             finished = {i: self.run(jobs[i], partial(group.finish, i)) for i in group.start_helpers(threads - 1)}
             returns = [finished[i] for i in range(len(jobs))]
-        except KeyboardInterrupt:
-            group.interrupt(stop.name, consistent=False)  # members not yet recorded
+        except KeyboardInterrupt as error:  # a second Ctrl-C: leave at once
+            group.quit(getattr(error, "signum", None) or STOP.signum or signal.SIGINT)
             board.state(number, "stopped")
             raise
         finally:
             group.close()
-        board.state(number, "done")
+        board.state(number, "done" if done else "stopped")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         seconds = [trained - started, finishing - trained, time.perf_counter() - finishing]
         log.info("group %d: members set up in %.1f s, trained in %.1f s, their files in %.1f s", number + 1, *seconds)
