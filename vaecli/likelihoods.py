@@ -14,6 +14,7 @@ logits and are accurate for every logit.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import distributions
@@ -88,3 +89,8 @@ def is_log_likelihood(likelihood: str, binary_pixels: bool) -> bool:
 def nats_label(likelihood: str, binary_pixels: bool) -> str:
     """'log-likelihood' or 'cross-entropy': the word for every column or table that prints these nats."""
     return "log-likelihood" if is_log_likelihood(likelihood, binary_pixels) else "cross-entropy"
+
+
+def run_nats_label(cfg: Any) -> str:
+    """:func:`nats_label` of a run's config: its decoder's likelihood, on binarised pixels or not."""
+    return nats_label(str(cfg.model.likelihood), cfg.data.binarize != "none")

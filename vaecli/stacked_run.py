@@ -40,7 +40,7 @@ from vaecli import run_folder
 from vaecli.config import AUTO_CHECKPOINT_SECONDS, test_held_out
 from vaecli.errors import RunError
 from vaecli.file_helpers import FileHelpers
-from vaecli.likelihoods import nats_label
+from vaecli.likelihoods import run_nats_label
 from vaecli.metrics import MetricsWriter
 from vaecli.run import config_hash, draw_run_figures, resume_command, run_events, run_place, save_run
 from vaecli.runtime import pick_device
@@ -134,7 +134,7 @@ class GroupRun:
         into the stacks); a member whose folder cannot continue fails alone, as its solo run would."""
         first, broken = self.cfgs[0], {}
         held_out = test_held_out(first)
-        nats_are = nats_label(str(first.model.likelihood), first.data.binarize != "none")
+        nats_are = run_nats_label(first)
         for i, start in enumerate(self.starts):
             keep = start.resume["training"]["position"]["rows"] if start.resume else None
             try:

@@ -26,7 +26,7 @@ from vaecli.config import AUTO_CHECKPOINT_SECONDS, test_held_out
 from vaecli.data import Batches, Split, batch_binarizer, binarized, load_split, training_set
 from vaecli.datasets import DataFile
 from vaecli.errors import RunError
-from vaecli.likelihoods import nats_label
+from vaecli.likelihoods import run_nats_label
 from vaecli.metrics import MetricsWriter
 from vaecli.model import VAE, build_model
 from vaecli.objective import backward_beta_elbo, batch_metrics, elbo_terms, evaluate
@@ -205,9 +205,8 @@ class Loop:
         if resume is not None:
             self.restore(resume)
         keep = self.position.rows if resume else None
-        nats_are = nats_label(self.likelihood, cfg.data.binarize != "none")
         self.metrics = MetricsWriter(
-            out_dir / METRICS_CSV, keep=keep, test_held_out=test_held_out(cfg), nats_are=nats_are
+            out_dir / METRICS_CSV, keep=keep, test_held_out=test_held_out(cfg), nats_are=run_nats_label(cfg)
         )
         self.saved_step = self.position.step if resume else None
         self.clock = self.last_save = 0.0  # perf_counter() at step 0 of the run / at the last save
