@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tests.conftest import invoke
+from tests.test_resume import wait_for_step
 from vaecli import checkpoint, run_folder
 from vaecli.file_helpers import FileHelpers, fork_helper, reap
 from vaecli.metrics import TIMING_COLUMNS
@@ -180,14 +181,9 @@ def start_sweep(tiny: list[str], sweep_dir: Path, *overrides: str) -> subprocess
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_row(member: Path, step: int, process: subprocess.Popen, timeout_s: float = 180) -> None:
-    """Until the member's metrics.csv holds a row for ``step`` (its group trains past it)."""
-    deadline = time.time() + timeout_s
-    metrics = member / "metrics.csv"
-    while not (metrics.is_file() and f"\n{step}," in metrics.read_text()):
-        assert process.poll() is None, process.communicate()
-        assert time.time() < deadline, f"{member.name} never reached step {step}"
-        time.sleep(0.05)
+def wait_for_row(member: Path, step: int, process: subprocess.Popen) -> None:
+    """Until the member's metrics.csv holds a row for ``step``, polled often: a stacked group trains fast."""
+    wait_for_step(member, step, process, poll_s=0.05)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -26,14 +26,16 @@ def start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
     return subprocess.Popen([*VAE, "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
-def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout_s: float = 180) -> None:
-    """Until metrics.csv holds a row for ``step`` (the run is training past it)."""
+def wait_for_step(
+    run_dir: Path, step: int, process: subprocess.Popen, timeout_s: float = 180, poll_s: float = 0.1
+) -> None:
+    """Until metrics.csv holds a row for ``step`` (the run, or a sweep member, is training past it)."""
     deadline = time.time() + timeout_s
     metrics = run_dir / "metrics.csv"
     while not (metrics.is_file() and f"\n{step}," in metrics.read_text()):
         assert process.poll() is None, process.communicate()
-        assert time.time() < deadline, f"the run never reached step {step}"
-        time.sleep(0.1)
+        assert time.time() < deadline, f"{run_dir.name} never reached step {step}"
+        time.sleep(poll_s)
 
 
 def stop(process: subprocess.Popen, signum: int) -> tuple[int, str]:
