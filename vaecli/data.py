@@ -72,6 +72,12 @@ def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
     return (uniform < images.cpu()).to(images.dtype).to(images.device)
 
 
+def check_binarize(mode: str) -> None:
+    """Refuse a binarisation this module does not know (the config checks it first, with its own message)."""
+    if mode not in BINARIZE:
+        raise ValueError(f"unknown binarisation {mode!r}; expected one of {', '.join(BINARIZE)}")
+
+
 def binarize_split(images: torch.Tensor, mode: str, train: bool) -> torch.Tensor:
     """A split's images as they are evaluated under ``mode``: the grey levels, or one fixed draw.
 
@@ -79,8 +85,7 @@ def binarize_split(images: torch.Tensor, mode: str, train: bool) -> torch.Tensor
     of a static one, and on a fixed draw of its training images); training batches of a dynamic run
     are drawn afresh instead (:class:`DynamicBinarizer`).
     """
-    if mode not in BINARIZE:
-        raise ValueError(f"unknown binarisation {mode!r}; expected one of {', '.join(BINARIZE)}")
+    check_binarize(mode)
     return images if mode == "none" else binarize_once(images, STATIC_TRAIN_SEED if train else TEST_SEED)
 
 
@@ -112,8 +117,7 @@ class DynamicBinarizer:
 
 def batch_binarizer(mode: str, seed: int, device: torch.device | str = "cpu") -> DynamicBinarizer | None:
     """What the training loop applies to each batch: a DynamicBinarizer for ``dynamic``, else nothing."""
-    if mode not in BINARIZE:
-        raise ValueError(f"unknown binarisation {mode!r}; expected one of {', '.join(BINARIZE)}")
+    check_binarize(mode)
     return DynamicBinarizer(seed, device) if mode == "dynamic" else None
 
 
