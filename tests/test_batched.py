@@ -293,20 +293,27 @@ def test_a_killed_batched_sweep_continues_from_its_periodic_checkpoints(runner, 
     assert_continued(sweep_dir, uninterrupted, saved, done)
 
 
-def test_file_helpers_write_a_share_each_and_failures_fall_back_here(tmp_path):
-    def write(i: int) -> None:
-        if i == 5:
-            raise RuntimeError("a helper that fails after its first member")
+def test_file_helpers_share_the_members_and_failures_fall_back_here(tmp_path):
+    parent = os.getpid()
+
+    def write(i: int) -> int:
+        if i == 4 and os.getpid() != parent:
+            raise RuntimeError("a helper fails on member 4")
+        time.sleep(0.2)
         (tmp_path / f"{i}-{os.getpid()}").write_text("")
+        return i
 
     helpers = FileHelpers(write, [0, 1, 2, 3, 4, 5], workers=2)
-    assert helpers.order(range(6)) == [0, 3, 1, 2, 4, 5]  # this process's share (0, 3) first
-    assert [helpers.written(i) for i in (1, 2, 4, 5)] == [True, False, True, False]
-    assert not helpers.written(0)  # this process's own
-    pids = {int(path.name.split("-")[1]) for path in tmp_path.iterdir()}
-    assert sorted(int(path.name.split("-")[0]) for path in tmp_path.iterdir()) == [1, 2, 4]
-    assert os.getpid() not in pids and len(pids) == 2
-    assert FileHelpers(write, [0, 1], workers=0).order(range(2)) == [0, 1]
+    assert helpers.written_here == {0: 0}  # written here before forking: plotnine is warm in the helpers
+    for i in range(6):
+        if not helpers.written(i):  # this process's to write: free, or failed in a helper
+            write(i)
+    helpers.close()
+    writers = {int(path.name.split("-")[0]): int(path.name.split("-")[1]) for path in tmp_path.iterdir()}
+    assert sorted(writers) == [0, 1, 2, 3, 4, 5] and len(list(tmp_path.iterdir())) == 6  # each member once
+    assert writers[0] == parent and writers[4] == parent  # the first, and the one a helper failed on
+    assert {writers[i] for i in (2, 3, 5)} - {parent}  # the helpers took members from the back
+    assert not FileHelpers(write, [0, 1], workers=0).written(0)
 
 
 def test_a_hanging_helper_is_stopped(tmp_path):

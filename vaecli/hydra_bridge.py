@@ -74,18 +74,26 @@ def _initialized():
 
 def compose(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
     """The config these overrides give, checked against the schema and the value rules."""
+    return compose_all([overrides], with_hydra)[0]
+
+
+def compose_all(override_lists: Iterable[Sequence[str]], with_hydra: bool = False) -> list[DictConfig]:
+    """:func:`compose` for each list of overrides (a sweep's members), under one Hydra initialisation."""
     from hydra import compose as hydra_compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     config_module.register()
+    configs = []
     try:
         with _initialized():
-            cfg = hydra_compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=with_hydra)
-        config_module.check_values(cfg)
+            for overrides in override_lists:
+                cfg = hydra_compose(CONFIG_NAME, overrides=list(overrides), return_hydra_config=with_hydra)
+                config_module.check_values(cfg)
+                configs.append(cfg)
     except (HydraException, OmegaConfBaseException) as error:
         raise UsageError(describe(error)) from None
-    return cfg
+    return configs
 
 
 def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:

@@ -257,7 +257,11 @@ class GroupRun:
         """result.json's summary fields for member i, as :func:`vaecli.run.save_run` returns them."""
         trainer = self.trainer
         step, seconds, final = trainer.step, round(trainer.seconds, 3), trainer.results[i].final
-        return {"step": step, "steps": self.settings.steps, "train_seconds": seconds, "final": final}
+        summary = {"step": step, "steps": self.settings.steps, "train_seconds": seconds, "final": final}
+        if self.stopped_by is None and int(self.cfgs[i].eval.iwae_k):  # as save_run returns it: a helper wrote it
+            evaluation = run_folder.read_evaluation(self.starts[i].out_dir)
+            summary.update({"evaluation": evaluation} if evaluation is not None else {})
+        return summary
 
     def save(self, i: int, figures: bool = True) -> dict[str, Any]:
         """checkpoint.pt (with the loop position to continue from) and, with ``figures``, the run's figures."""
@@ -275,18 +279,24 @@ class GroupRun:
 
     def start_helpers(self, workers: int) -> list[int]:
         """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`);
-        returns the order to finish the members in: this process's share first."""
+        returns the order to finish the members in."""
         if self.trainer is None or self.device.type != "cpu":
             workers = 0  # a forked child cannot use the parent's CUDA (or MPS) context
         self.helpers = FileHelpers(self.files, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
-        return self.helpers.order(range(len(self.cfgs)))
+        return list(range(len(self.cfgs)))
+
+    def written_elsewhere(self, i: int) -> dict[str, Any] | None:
+        """Member i's summary when a helper (or this process, before forking them) wrote its files; else None."""
+        if not self.helpers.written(i):
+            return None
+        return self.helpers.written_here.get(i) or self.summary(i)
 
     def finish(self, i: int, cfg: DictConfig) -> dict[str, Any]:
         """Step 3, member i's task inside Hydra's ``run_job``: its files and result.json, as `vae train`'s task."""
         if i in self.errors:
             return {"status": "failed", "error": self.errors[i]}
         try:
-            summary = self.summary(i) if self.helpers.written(i) else self.files(i)
+            summary = self.written_elsewhere(i) or self.files(i)
         except Exception as error:  # as run.task in a sweep: record it, let the others finish
             self.fail(i, f"{type(error).__name__}: {error}", traceback.format_exc())
             return {"status": "failed", "error": self.errors[i]}
@@ -318,6 +328,7 @@ class GroupRun:
                 )
 
     def close(self) -> None:
+        self.helpers.close()
         for logger in self.loggers:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from vaecli import extras, run_folder
 from vaecli.config import NOT_HELD_OUT, test_held_out
 from vaecli.errors import Stopped, UsageError, first_line
-from vaecli.hydra_bridge import compose, expand_sweep, has_key, override_key, quote_value, run_hydra
+from vaecli.hydra_bridge import compose, compose_all, expand_sweep, has_key, override_key, quote_value, run_hydra
 from vaecli.signals import STOP, Interrupted, exit_code, signal_name
 
 SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
@@ -113,7 +113,7 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
             task = [f"{key}={value}" for key, value in default_grid(grid).items() if key not in given] + task
         members = checked = expand_sweep(task)
         swept, total = {override_key(item) for item in task if is_sweep(item)}, len(members)
-    configs = [compose([*member, *hydra_part], with_hydra=True) for member in checked]
+    configs = compose_all(([*member, *hydra_part] for member in checked), with_hydra=True)
     max_group = OmegaConf.select(composed, "hydra.launcher.max_group")  # the batched launcher's
     if max_group is not None and max_group < 1:
         raise UsageError(f"hydra.launcher.max_group={max_group} is not allowed: a group holds at least 1 member")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -270,22 +272,53 @@ def print_best_trial(folder: Path, console) -> None:
 
 
 def draw_all(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: list[str]) -> list[Path]:
+    """The sweep's comparison figures, a share of them drawn by a forked helper (see :class:`FileHelpers`)."""
+    from vaecli.file_helpers import FileHelpers
+    from vaecli.runtime import usable_cpus
+
+    figures = figure_jobs(sweep_dir, table, long, swept)
+    helpers = FileHelpers(lambda k: figures[k](), list(range(len(figures))), usable_cpus() - 1)
+    try:
+        written = [helpers.written_here.get(k) for k in range(len(figures))]
+        for k, draw in enumerate(figures):
+            if written[k] is None:
+                drawn_there = helpers.written(k)  # by a helper: it returned whether it drew one
+                written[k] = (draw.path if draw.path.is_file() else None) if drawn_there else draw()
+    finally:
+        helpers.close()
+    return [path for path in written if path is not None]
+
+
+@dataclass
+class Figure:
+    """One comparison figure to draw: where it goes and how (None from ``draw``: nothing to show)."""
+
+    path: Path
+    draw: Callable[[], Path | None]
+
+    def __call__(self) -> Path | None:
+        return self.draw()
+
+
+def figure_jobs(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: list[str]) -> list[Figure]:
     colour, facet = plots.axes(table, swept)
-    written: list[Path] = []
+    jobs: list[Figure] = []
     done = table[table.status == "ok"] if "status" in table else table
-    if not long.empty:
-        written.append(plots.loss_curves(long, sweep_dir / run_folder.LOSS_CURVES_PNG, colour, facet))
     if not done.empty and "test_kl_nats" in done:
-        written.append(plots.rate_distortion(done, sweep_dir / run_folder.RATE_DISTORTION_PNG, colour, facet))
-        written.append(plots.final_against(done, sweep_dir / run_folder.NEG_ELBO_PNG, colour, facet))
+        path = sweep_dir / run_folder.RATE_DISTORTION_PNG
+        jobs.append(Figure(path, partial(plots.rate_distortion, done, path, colour, facet)))
+        path = sweep_dir / run_folder.NEG_ELBO_PNG
+        jobs.append(Figure(path, partial(plots.final_against, done, path, colour, facet)))
     if not done.empty and "test_nll_bound_nats" in done and done.test_nll_bound_nats.notna().any():
-        measured = done[done.test_nll_bound_nats.notna()]
-        written.append(plots.bound_and_active_units(measured, sweep_dir / run_folder.BOUND_PNG, colour, facet))
+        measured, path = done[done.test_nll_bound_nats.notna()], sweep_dir / run_folder.BOUND_PNG
+        jobs.append(Figure(path, partial(plots.bound_and_active_units, measured, path, colour, facet)))
     for image_name in run_folder.MONTAGE_SOURCES:
-        path = member_montage(sweep_dir, table, image_name, colour, facet)
-        if path is not None:
-            written.append(path)
-    return written
+        path = sweep_dir / run_folder.montage_name(image_name)
+        jobs.append(Figure(path, partial(member_montage, sweep_dir, table, image_name, colour, facet)))
+    if not long.empty:  # the costliest last: a helper takes it first (they start from the back)
+        path = sweep_dir / run_folder.LOSS_CURVES_PNG
+        jobs.append(Figure(path, partial(plots.loss_curves, long, path, colour, facet)))
+    return jobs
 
 
 def member_montage(sweep_dir: Path, table: pd.DataFrame, image_name: str, colour: str, facet: str) -> Path | None:

@@ -69,6 +69,23 @@ class Job:
         return self.out_dir.name
 
 
+def remember_sweep_configs(loader: Any) -> None:
+    """Compose each member once: the sweeper checks every member's config (``validate_batch_is_legal``)
+    just before :meth:`BatchedLauncher.launch`, in this process, and the launcher needs the same
+    configs again. Composing one costs ~0.15 s, so this loader keeps them (copies handed out)."""
+    if getattr(loader, "_vaecli_remembers", False):
+        return
+    compose, kept = loader.load_sweep_config, {}
+
+    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        key = (id(master_config), tuple(sweep_overrides))
+        if key not in kept:
+            kept[key] = (master_config, compose(master_config, list(sweep_overrides)))
+        return copy.deepcopy(kept[key][1])
+
+    loader.load_sweep_config, loader._vaecli_remembers = load_sweep_config, True
+
+
 class BatchedLauncher(Launcher):
     def __init__(self, max_group: int) -> None:
         self.max_group = int(max_group)
@@ -78,6 +95,7 @@ class BatchedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        remember_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from vaecli import run_folder
