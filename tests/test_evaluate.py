@@ -136,22 +136,24 @@ def test_eval_iwae_k_puts_the_test_bound_into_result_json(dynamic_run):
 
 @pytest.mark.parametrize(
     ("launcher", "nats_are"),
-    [([], "cross-entropy"), (["hydra/launcher=batched", "data.binarize=dynamic"], "log-likelihood")],
+    # batched with 2 threads: a forked helper writes some members' files (and the bound) too
+    [([], "cross-entropy"), (["hydra/launcher=batched", "data.binarize=dynamic", "threads=2"], "log-likelihood")],
     ids=["basic-grey", "batched-dynamic"],
 )
 def test_a_sweep_reports_every_members_bound_and_active_units(runner, tiny, tmp_path, launcher, nats_are):
     sweep_dir = tmp_path / "sweep"
-    overrides = [*tiny, "beta=0,0.5", "eval.iwae_k=5", *launcher, f"hydra.sweep.dir={sweep_dir}"]
+    overrides = [*tiny, "beta=0,0.5,1", "eval.iwae_k=5", *launcher, f"hydra.sweep.dir={sweep_dir}"]
     result = invoke(runner, "sweep", *overrides)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(sweep_dir / "sweep.csv")
-    assert len(table) == 2
+    assert len(table) == 3
     for column in ("test_nll_bound_nats", "test_nll_bound_se", "test_active_units", "iwae_k"):
         assert table[column].notna().all(), column
     assert set(table.nats_are) == {nats_are}  # grey levels under a Bernoulli decoder: a cross-entropy
     assert (table.test_nll_bound_nats <= table.test_neg_elbo_nats + 5).all()  # k=5 draws, tiny test slice
     assert (sweep_dir / "bound_active_units.png").stat().st_size > 1000
     assert "-IWAE" in result.stdout and nats_are in " ".join(result.stdout.split())
-    for member in ("beta=0", "beta=0.5"):
+    for member in ("beta=0", "beta=0.5", "beta=1"):
         report = json.loads((sweep_dir / member / "evaluation.json").read_text())
         assert report["setup"]["k"] == 5 and report["setup"]["nats_are"] == nats_are
+        assert json.loads((sweep_dir / member / "result.json").read_text())["evaluation"] == report  # as vae train
