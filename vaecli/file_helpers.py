@@ -16,8 +16,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
 # a member's place in the shared claims: free, taken by this process, written by a helper, failed in a helper;
 # a helper working on it marks it -(helper number + 1)
 FREE, HERE, DONE, FAILED = 0, 1, 2, 3
@@ -93,7 +91,9 @@ def fork_helper(write: Callable[[int], object], share: list[int], claims: Any = 
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends a helper; the parent writes its share
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool
+        torch = sys.modules.get("torch")  # not imported by `vae sweep --report`, which draws figures only
+        if torch is not None:
+            torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool
         for i in share:
             if claims is not None and not claim(claims, i, -(number + 1)):
                 continue

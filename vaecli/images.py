@@ -10,11 +10,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid, save_image
+
+if TYPE_CHECKING:  # torch and torchvision (whose import alone takes ~2.5 s) load where a grid is made
+    import torch
 
 TILE = 28
 PADDING = 2
@@ -28,11 +29,15 @@ def as_tiles(images: torch.Tensor) -> torch.Tensor:
 def save_grid(images: torch.Tensor, path: Path, columns: int) -> Path:
     """Tiles in rows of ``columns``, white-on-black as MNIST is drawn, 2-pixel padding."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    from torchvision.utils import save_image
+
     save_image(as_tiles(images), path, nrow=columns, padding=PADDING, pad_value=0.5)
     return path
 
 
 def grid_tensor(images: torch.Tensor, columns: int) -> torch.Tensor:
+    from torchvision.utils import make_grid
+
     return make_grid(as_tiles(images), nrow=columns, padding=PADDING, pad_value=0.5)
 
 
@@ -70,6 +75,8 @@ def labelled_size(rows: int, columns: int, margins: Margins = NO_MARGINS, scale:
 
 def grid_image(images: torch.Tensor, columns: int, scale: int = 1) -> Image.Image:
     """Tiles as a greyscale image, the same pixels ``save_grid`` writes, upscaled by ``scale``."""
+    import torch
+
     grid = grid_tensor(images, columns)[0]
     if len(images) == 1:  # make_grid leaves a lone tile unpadded; keep grid_size's formula true
         grid = torch.nn.functional.pad(grid, (PADDING,) * 4, value=0.5)

@@ -6,9 +6,12 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is for the callers' tensors: `vae sweep --report` never imports it
+    import torch
 
 # matplotlib's tab10: ten hues that stay apart, one per digit
 TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")

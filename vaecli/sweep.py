@@ -153,7 +153,6 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
     """``vae sweep``: run (or, with ``report_dir``, only re-aggregate) a sweep; returns the exit code."""
     from rich.console import Console
 
-    from vaecli.run import preflight, task
     from vaecli.sweep_report import report
 
     console = Console(stderr=True)
@@ -164,6 +163,8 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
         if not run_folder.member_dirs(folder):
             raise UsageError(f"{folder} holds no sweep members (no */.hydra/overrides.yaml); is it a sweep folder?")
         return report(folder, console)
+
+    from vaecli.run import preflight, task  # torch with it: not for --report
 
     sweep_plan = plan(overrides, grid)
     preflight(sweep_plan.configs)
