@@ -47,7 +47,7 @@ class FileHelpers:
             self.written_here[members[0]] = write(members[0])
         self.claims = multiprocessing.Array("b", max(members) + 1)
         self.claims[members[0]] = FREE if members[0] not in self.written_here else HERE
-        for number in range(workers):
+        for number in range(min(workers, len(members) - 2)):  # never more helpers than members left to share
             self.pids.append(fork_helper(write, members[:0:-1], self.claims, number))
 
     def written(self, i: int) -> bool:
