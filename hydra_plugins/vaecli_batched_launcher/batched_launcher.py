@@ -72,16 +72,19 @@ class Job:
 def remember_sweep_configs(loader: Any) -> None:
     """Compose each member once: the sweeper checks every member's config (``validate_batch_is_legal``)
     just before :meth:`BatchedLauncher.launch`, in this process, and the launcher needs the same
-    configs again. Composing one costs ~0.15 s, so this loader keeps them (copies handed out)."""
+    configs again. Composing one costs ~0.15 s, so this loader keeps a copy of each until it is
+    asked for it a second time (a long Optuna search keeps none it has launched)."""
     if getattr(loader, "_vaecli_remembers", False):
         return
     compose, kept = loader.load_sweep_config, {}
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         key = (id(master_config), tuple(sweep_overrides))
-        if key not in kept:
-            kept[key] = (master_config, compose(master_config, list(sweep_overrides)))
-        return copy.deepcopy(kept[key][1])
+        if key in kept:
+            return kept.pop(key)[1]
+        config = compose(master_config, list(sweep_overrides))
+        kept[key] = (master_config, copy.deepcopy(config))  # the master kept too: its id stays its own
+        return config
 
     loader.load_sweep_config, loader._vaecli_remembers = load_sweep_config, True
 
