@@ -7,6 +7,7 @@ inspection command opens, failure isolation, interruption, --report and resume.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -317,7 +318,7 @@ def test_file_helpers_share_the_members_and_failures_fall_back_here(tmp_path):
 
 
 def test_a_hanging_helper_is_stopped(tmp_path):
-    pid = fork_helper(lambda i: time.sleep(60), [0])
+    pid = fork_helper(lambda i: time.sleep(60), [0], multiprocessing.Array("b", 1))
     started = time.monotonic()
     assert not reap(pid, timeout=0.5) and time.monotonic() - started < 10
 

@@ -80,8 +80,8 @@ class FileHelpers:
         self.pids = []
 
 
-def fork_helper(write: Callable[[int], object], share: list[int], claims: Any = None, number: int = 0) -> int:
-    """A helper that writes the members of ``share`` it can claim (all of them when ``claims`` is None)."""
+def fork_helper(write: Callable[[int], object], share: list[int], claims: Any, number: int = 0) -> int:
+    """Helper ``number``: writes the members of ``share`` it can claim in ``claims``, one at a time."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns about forking with threads
         pid = os.fork()
@@ -95,17 +95,14 @@ def fork_helper(write: Callable[[int], object], share: list[int], claims: Any = 
         if torch is not None:
             torch.set_num_threads(1)  # a forked child must not use the parent's OpenMP pool
         for i in share:
-            if claims is not None and not claim(claims, i, -(number + 1)):
+            if not claim(claims, i, -(number + 1)):
                 continue
             try:
                 write(i)
             except Exception:
-                if claims is None:
-                    raise
-                claims[i] = FAILED  # this process writes it again, and records the error
+                claims[i] = FAILED  # the parent writes it again, and records the error
             else:
-                if claims is not None:
-                    claims[i] = DONE
+                claims[i] = DONE
         code = 0
     finally:
         os._exit(code)

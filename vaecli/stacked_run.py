@@ -277,13 +277,11 @@ class GroupRun:
         draw_run_figures(self.result(i), self.starts[i].out_dir, self.cfgs[i])
         return self.summary(i)
 
-    def start_helpers(self, workers: int) -> list[int]:
-        """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`);
-        returns the order to finish the members in."""
+    def start_helpers(self, workers: int) -> None:
+        """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`)."""
         if self.trainer is None or self.device.type != "cpu":
             workers = 0  # a forked child cannot use the parent's CUDA (or MPS) context
         self.helpers = FileHelpers(self.files, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
-        return list(range(len(self.cfgs)))
 
     def written_elsewhere(self, i: int) -> dict[str, Any] | None:
         """Member i's summary when a helper (or this process, before forking them) wrote its files; else None."""

@@ -277,13 +277,16 @@ def draw_all(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: li
     from vaecli.runtime import usable_cpus
 
     figures = figure_jobs(sweep_dir, table, long, swept)
-    helpers = FileHelpers(lambda k: figures[k](), list(range(len(figures))), usable_cpus() - 1)
+    helpers = FileHelpers(lambda k: figures[k].draw(), list(range(len(figures))), usable_cpus() - 1)
+    written: list[Path | None] = []
     try:
-        written = [helpers.written_here.get(k) for k in range(len(figures))]
-        for k, draw in enumerate(figures):
-            if written[k] is None:
-                drawn_there = helpers.written(k)  # by a helper: it returned whether it drew one
-                written[k] = (draw.path if draw.path.is_file() else None) if drawn_there else draw()
+        for k, figure in enumerate(figures):
+            if not helpers.written(k):
+                written.append(figure.draw())
+            elif k in helpers.written_here:  # drawn here before the helpers were forked
+                written.append(helpers.written_here[k])
+            else:  # by a helper, which may have found nothing to draw
+                written.append(figure.path if figure.path.is_file() else None)
     finally:
         helpers.close()
     return [path for path in written if path is not None]
@@ -295,9 +298,6 @@ class Figure:
 
     path: Path
     draw: Callable[[], Path | None]
-
-    def __call__(self) -> Path | None:
-        return self.draw()
 
 
 def figure_jobs(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept: list[str]) -> list[Figure]:

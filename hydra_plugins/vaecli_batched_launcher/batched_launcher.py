@@ -202,8 +202,8 @@ class BatchedLauncher(Launcher):
                     "group %d: stopped by %s at step %d", number + 1, signal_name(group.stopped_by), group.trainer.step
                 )
             finishing = time.perf_counter()
-            finished = {i: self.run(jobs[i], partial(group.finish, i)) for i in group.start_helpers(threads - 1)}
-            returns = [finished[i] for i in range(len(jobs))]
+            group.start_helpers(threads - 1)
+            returns = [self.run(job, partial(group.finish, i)) for i, job in enumerate(jobs)]
         except KeyboardInterrupt as error:  # a second Ctrl-C: leave at once
             group.quit(getattr(error, "signum", None) or STOP.signum or signal.SIGINT)
             board.state(number, "stopped")
