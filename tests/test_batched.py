@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,7 @@ RUN_FILES = [
     ".hydra/config.yaml",
     ".hydra/overrides.yaml",
     ".hydra/hydra.yaml",
+    "provenance.json",
     "train.log",
     "metrics.csv",
     "loss.png",
@@ -73,11 +75,15 @@ def test_every_member_is_an_ordinary_run(batched_sweep):
         assert "config:" in log and "stacked with 3 other sweep members" in log and "step 8:" in log
         assert log.rstrip().endswith(f"wrote {sweep_dir / member}")
         assert result_of(sweep_dir / member)["status"] == "ok"
+        origin = json.loads((sweep_dir / member / "provenance.json").read_text())
+        assert origin["command"] == sys.argv and origin["device"] == "cpu"
+        assert origin["threads"] == 2 and [file["md5"] for file in origin["data"]["files"]]
     assert "BatchedLauncher" in (sweep_dir / "multirun.yaml").read_text()
     [group] = run_folder.read_groups(sweep_dir)
     assert set(group["members"]) == MEMBERS and group["state"] == "done" and group["step"] == group["steps"] == 8
     table = pd.read_csv(sweep_dir / "sweep.csv")
     assert len(table) == 4 and set(table.status) == {"ok"} and table.test_neg_elbo_nats.notna().all()
+    assert (table.torch_version == metadata.version("torch")).all()  # from the members' provenance.json
     assert "4 members" in result.stdout and "through the batched launcher" in result.stderr
 
 

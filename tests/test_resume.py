@@ -129,6 +129,7 @@ def test_a_second_ctrl_c_quits_and_keeps_the_last_checkpoint(tiny, tmp_path):
 def test_a_finished_run_is_extended(runner, tiny, tmp_path, reference):
     run_dir = tmp_path / "run"
     assert invoke(runner, "train", *tiny, "train.steps=200", f"hydra.run.dir={run_dir}").exit_code == 0
+    first = json.loads((run_dir / "provenance.json").read_text())
     again = invoke(runner, "train", "--resume", str(run_dir))
     assert again.exit_code == 2 and "already completed its 200 steps" in again.stderr
 
@@ -140,6 +141,10 @@ def test_a_finished_run_is_extended(runner, tiny, tmp_path, reference):
     assert weights(run_dir).keys() == weights(reference).keys()
     assert checkpoint.load(run_dir)["step"] == LENGTH
     assert "train.steps=300" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    record = json.loads((run_dir / "provenance.json").read_text())  # who started it, then who continued it
+    [later] = record.pop("resumes")
+    assert record == first and later["from_step"] == 200
+    assert later["data"] == first["data"] and later["versions"] == first["versions"] and later["host"] == first["host"]
     shorter = invoke(runner, "train", "--resume", str(run_dir), "train.steps=100")
     assert shorter.exit_code == 2 and "cannot be shortened" in shorter.stderr
 

@@ -1,9 +1,11 @@
 """Where a run came from: versions, machine, command line, the project's commit, the data files read.
 
-Written once per run (``provenance.json`` beside ``result.json``) when training starts, as soon
-as the data files are read and the device is known; ``vae sweep --report`` carries the versions
-into sweep.csv. The command line is the ``vae`` process's own: Hydra's main runs with an argv
-of its own, and sweep members may run in other processes (joblib workers, SLURM jobs), so
+Written when training starts (``provenance.json`` beside ``result.json``), as soon as the data
+files are read and the device is known; ``vae sweep --report`` carries the versions into sweep.csv.
+A continued run keeps the record of the process that started it and appends each continuing
+process's own under ``resumes``, since a resumed run's numbers depend on every machine it ran on.
+The command line is the ``vae`` process's own: Hydra's main runs with an argv of its own, and
+sweep members may run in other processes (joblib workers, SLURM jobs), so
 :func:`vaecli.hydra_bridge.run_hydra` hands it on in the environment (:data:`COMMAND_ENV`).
 """
 
@@ -89,8 +91,13 @@ def collect(cfg: Any, device: Any, threads: int, data_files: Iterable[Any]) -> d
     return record
 
 
-def write(out_dir: Path, cfg: Any, device: Any, threads: int, data_files: Iterable[Any]) -> None:
-    run_folder.write_provenance(out_dir, collect(cfg, device, threads, data_files))
+def write(out_dir: Path, record: dict[str, Any], resumed_from: int = 0) -> None:
+    """``record`` (:func:`collect`'s) as the run's provenance.json; a run continued at ``resumed_from`` > 0
+    keeps its earlier record and adds this one to ``resumes``."""
+    earlier = run_folder.read_provenance(out_dir) if resumed_from else None
+    if earlier is not None:
+        record = {**earlier, "resumes": [*earlier.get("resumes", []), {"from_step": resumed_from, **record}]}
+    run_folder.write_provenance(out_dir, record)
 
 
 def sweep_columns(member: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vaecli import run_folder
+from vaecli import provenance, run_folder
 from vaecli.config import AUTO_CHECKPOINT_SECONDS, test_held_out
 from vaecli.errors import RunError
 from vaecli.file_helpers import FileHelpers
@@ -123,7 +123,7 @@ class GroupRun:
         torch.set_num_threads(self.threads)
         if data_key(first) not in self.data:
             self.data[data_key(first)] = load_data(first, self.say)
-        train_images, self.test, _ = self.data[data_key(first)]
+        train_images, self.test, self.data_files = self.data[data_key(first)]
         self.device = pick_device(first.device)
         self.settings = settings_of(first, len(train_images))
         members = [member_of(cfg) for cfg in self.cfgs]
@@ -135,6 +135,7 @@ class GroupRun:
         first, broken = self.cfgs[0], {}
         held_out = test_held_out(first)
         nats_are = run_nats_label(first)
+        origin = provenance.collect(first, self.device, torch.get_num_threads(), self.data_files)  # one per group
         for i, start in enumerate(self.starts):
             keep = start.resume["training"]["position"]["rows"] if start.resume else None
             try:
@@ -142,6 +143,7 @@ class GroupRun:
                 self.writers[i] = MetricsWriter(path, keep, held_out, nats_are)
                 if start.resume is not None:
                     trainer.restore(i, start.resume, self.writers[i].rows)
+                provenance.write(start.out_dir, origin, start.resumed_from)
             except RunError as error:
                 broken[i] = Failure(start.resumed_from, str(error), type(error).__name__)
         if broken:

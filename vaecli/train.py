@@ -239,7 +239,8 @@ class Loop:
             if start
             else f"training {self.steps} steps on {where}"
         )
-        provenance.write(self.out_dir, self.cfg, self.device, torch.get_num_threads(), self.data_files)
+        record = provenance.collect(self.cfg, self.device, torch.get_num_threads(), self.data_files)
+        provenance.write(self.out_dir, record, start)
         self.last_save = time.perf_counter()
         self.clock = self.last_save - position.seconds
         try:
