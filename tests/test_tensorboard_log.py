@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,8 @@ from tensorboard.plugins.hparams.api_pb2 import Status  # noqa: E402
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 
 from tests.conftest import invoke, vae_without  # noqa: E402
-from vaecli import images  # noqa: E402
+from tests.test_resume import start, stop, wait_for_step  # noqa: E402
+from vaecli import checkpoint, images  # noqa: E402
 from vaecli.metrics import TIMING_COLUMNS  # noqa: E402
 from vaecli.run_folder import TB_DIR  # noqa: E402
 from vaecli.tensorboard_log import SCALAR_KEYS, TensorBoardLog, flatten, scalar_tags  # noqa: E402
@@ -71,7 +73,7 @@ def plugin_data(events: EventAccumulator, tag: str) -> HParamsPluginData:
     return HParamsPluginData.FromString(events.PluginTagToContent("hparams")[tag])
 
 
-def write_run(run_dir: Path, failed: bool = False, beta: float = 0.01) -> None:
+def write_run(run_dir: Path, status: str = "ok", beta: float = 0.01) -> None:
     with TensorBoardLog(run_dir) as tb:
         for step, loss in ((1, 0.7), (2, 0.5), (4, 0.3)):
             tb.metrics(train_row(step, loss))
@@ -80,7 +82,7 @@ def write_run(run_dir: Path, failed: bool = False, beta: float = 0.01) -> None:
         tb.image("images/reconstructions", images.grid_tensor(torch.rand(16, 784), columns=8), 4)
         tb.image("images/traversal", images.grid_tensor(torch.rand(100, 784), columns=10), 4)
         final = {"train": train_row(4, 0.3), "test": eval_row(4)}
-        tb.hparams({**CONFIG, "beta": beta}, final, step=4, failed=failed)
+        tb.hparams({**CONFIG, "beta": beta}, final, step=4, status=status)
 
 
 def test_scalars_have_split_tags_and_the_rows_steps(tmp_path: Path):
@@ -133,9 +135,36 @@ def test_hparams_hold_the_flat_config_and_the_final_metric_tags(tmp_path: Path):
 
 
 def test_a_failed_run_is_a_failed_session(tmp_path: Path):
-    write_run(tmp_path, failed=True)
+    write_run(tmp_path, status="failed")
     end = plugin_data(accumulator(tmp_path / TB_DIR), "_hparams_/session_end_info").session_end_info
     assert end.status == Status.Value("STATUS_FAILURE")
+
+
+def test_a_continued_run_trims_what_came_after_its_checkpoint_and_the_earlier_session(tmp_path: Path):
+    """A killed process wrote steps 5-8 past its checkpoint at 4; the continuing one writes 5 and 6 anew."""
+    with TensorBoardLog(tmp_path) as tb:
+        for step in range(1, 9):
+            tb.metrics(train_row(step, 1.0))
+        for step in (4, 8):
+            tb.image("images/traversal", images.grid_tensor(torch.rand(100, 784), columns=10), step)
+        tb.hparams(CONFIG, {"train": train_row(8, 1.0)}, step=8, status="interrupted")
+    with TensorBoardLog(tmp_path, resumed_from=4) as tb:
+        for step in (5, 6):
+            tb.metrics(train_row(step, 0.5))
+        tb.hparams({**CONFIG, "beta": 0.5}, {"train": train_row(6, 0.5)}, step=6)
+
+    log_dir = tmp_path / TB_DIR
+    assert len(list(log_dir.iterdir())) == 2  # both processes' files, no temporary left beside them
+    events = accumulator(log_dir)
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(s, 1.0) for s in range(1, 5)] + [
+        (5, 0.5),
+        (6, 0.5),
+    ]
+    assert [picture.step for picture in events.Images("images/traversal")] == [4]
+    start = plugin_data(events, "_hparams_/session_start_info").session_start_info
+    assert start.hparams["beta"].number_value == 0.5  # the continued run's session, not the earlier one
+    end = plugin_data(events, "_hparams_/session_end_info").session_end_info
+    assert end.status == Status.Value("STATUS_SUCCESS")
 
 
 def test_final_metrics_never_logged_as_curves_are_written_for_the_table(tmp_path: Path):
@@ -174,7 +203,7 @@ def test_scalar_tags_and_flatten():
 def test_tensorboard_shows_one_table_row_per_member_with_swept_keys_first(tmp_path: Path):
     """The real TensorBoard server on a sweep folder, asked what its HParams table shows."""
     write_run(tmp_path / "beta=0.01", beta=0.01)
-    write_run(tmp_path / "beta=0.1", beta=0.1, failed=True)
+    write_run(tmp_path / "beta=0.1", beta=0.1, status="failed")
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--port", "0"]
     log = tmp_path / "tensorboard.log"
     server = subprocess.Popen([*command, "--host", "127.0.0.1"], stderr=log.open("w"))
@@ -315,3 +344,30 @@ def test_missing_tensorboard_is_one_line_and_no_folder(tmp_path: Path, command: 
     ]
     assert done.stderr.splitlines()[-1] == errors[0] and "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_run_is_unknown_until_continued_then_one_session_with_each_step_once(runner, tiny, tmp_path):
+    """A real Ctrl-C: the run's HParams row says Unknown; continued, it is the finished run's row, and
+    the curves hold each metrics.csv row once (TensorBoard keeps a run's first session, so the
+    earlier one must go)."""
+    run_dir = tmp_path / "run"
+    process = start(*tiny, "logger=tensorboard", "train.steps=100000", f"hydra.run.dir={run_dir}")
+    wait_for_step(run_dir, 32, process)
+    returncode, stderr = stop(process, signal.SIGINT)
+    assert returncode == 130, stderr
+    end = plugin_data(accumulator(run_dir / TB_DIR), "_hparams_/session_end_info").session_end_info
+    assert end.status == Status.Value("STATUS_UNKNOWN")
+    saved = checkpoint.load(run_dir)["step"]
+
+    result = invoke(runner, "train", "--resume", str(run_dir), "train.steps=300")
+    assert result.exit_code == 0, result.output
+    events = accumulator(run_dir / TB_DIR)
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    for split in ("train", "test"):
+        steps = [event.step for event in events.Scalars(f"{split}/neg_elbo_nats")]
+        assert steps == list(metrics[metrics.split == split].step), split
+    assert 32 <= saved < 300
+    start_info = plugin_data(events, "_hparams_/session_start_info").session_start_info
+    assert start_info.hparams["train.steps"].number_value == 300
+    end = plugin_data(events, "_hparams_/session_end_info").session_end_info
+    assert end.status == Status.Value("STATUS_SUCCESS")

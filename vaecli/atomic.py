@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], prefix: str | None = None) -> None:
+    """Call ``write`` on a temporary file beside ``path`` (named ``prefix``..., by default after ``path``),
+    flush it to disk, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -24,5 +25,5 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    atomic_write(path, lambda handle: handle.write(payload))
+def atomic_write_bytes(path: Path, payload: bytes, prefix: str | None = None) -> None:
+    atomic_write(path, lambda handle: handle.write(payload), prefix)

@@ -164,9 +164,11 @@ def run_task(cfg: DictConfig, out_dir: Path, launcher: Any, sweeping: bool) -> d
         run_folder.write_result(out_dir, status=status, seconds=round(time.time() - started, 3), **record, **fields)
 
     try:
-        with run_logger(cfg, out_dir) as on_row:
+        with run_logger(cfg, out_dir, record["resumed_from"]) as on_row:
             threads = threads_for(cfg.threads, launcher)
             result = train_and_save(cfg, out_dir, threads, not sweeping, resume, write, on_row)
+            if on_row is not None:
+                on_row.outcome = result["status"]  # "interrupted": its HParams row says so
     except Interrupted as error:  # a second Ctrl-C: leave at once, the last checkpoint as it was
         if (run_folder.read_result(out_dir) or {}).get("status") != "interrupted":  # not yet recorded
             step = error.saved_step if error.saved_step is not None else record["resumed_from"]
@@ -193,20 +195,21 @@ def run_place() -> dict[str, Any]:
     return {"slurm_job_id": slurm_job_id(), "host": os.uname().nodename, "pid": os.getpid()}
 
 
-def run_logger(cfg: DictConfig, out_dir: Path) -> AbstractContextManager[Any]:
+def run_logger(cfg: DictConfig, out_dir: Path, resumed_from: int = 0) -> AbstractContextManager[Any]:
     """``logger=tensorboard``: a row hook writing TensorBoard events (``with`` it: its exit writes the
     HParams row, failed or not); ``logger=csv``: no hook, metrics.csv is the whole record."""
-    return run_events(cfg, out_dir) or nullcontext(None)
+    return run_events(cfg, out_dir, resumed_from) or nullcontext(None)
 
 
-def run_events(cfg: DictConfig, out_dir: Path) -> RunEvents | None:
-    """The run's TensorBoard events (:class:`vaecli.tensorboard_log.RunEvents`) under ``logger=tensorboard``."""
+def run_events(cfg: DictConfig, out_dir: Path, resumed_from: int = 0) -> RunEvents | None:
+    """The run's TensorBoard events (:class:`vaecli.tensorboard_log.RunEvents`) under ``logger=tensorboard``,
+    its earlier events cut back to ``resumed_from`` when it continues from a checkpoint."""
     if cfg.logger.name != "tensorboard":
         return None
     from vaecli.tensorboard_log import RunEvents
 
     shown = {key: value for key, value in resuming.deciding_config(cfg).items() if key != "logger"}  # HParams columns
-    return RunEvents(out_dir, shown, data=(cfg.data.name, cfg.data.root))
+    return RunEvents(out_dir, shown, data=(cfg.data.name, cfg.data.root), resumed_from=resumed_from)
 
 
 def train_and_save(

@@ -160,7 +160,7 @@ class GroupRun:
 
         An error (no data, a bug) fails every member with it, as each solo run would have failed.
         """
-        self.events = [run_events(cfg, start.out_dir) for cfg, start in zip(self.cfgs, self.starts)]
+        self.events = [run_events(cfg, start.out_dir, start.resumed_from) for cfg, start in zip(self.cfgs, self.starts)]
         try:
             self.trainer = trainer = self.build()
             self.open_members(trainer)
@@ -185,7 +185,7 @@ class GroupRun:
             done = self.trainer is not None and self.trainer.step == self.settings.steps
             for i, sink in enumerate(self.events):
                 if sink is not None:  # before any helper forks: the events writer runs a thread
-                    sink.close(failed=i in self.errors or not done)
+                    sink.close("failed" if i in self.errors else "ok" if done else "interrupted")
         return not stopped
 
     def row(self, i: int, values: dict[str, Any]) -> None:

@@ -4,20 +4,27 @@ A window onto the same numbers metrics.csv holds, for people who already have Te
 open. Everything goes into ``<run dir>/tb/`` as one TensorBoard run, hparams included (not the
 timestamped sub-run ``SummaryWriter.add_hparams`` makes), so ``tensorboard --logdir <sweep>``
 shows one row per member in the HParams table, each row linked to that member's curves.
+
+A continued run (``--resume``) first cuts the earlier processes' events back to its checkpoint
+(:func:`trim_events`), so the curves hold each step once and its HParams row is the finished run's.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vaecli.atomic import atomic_write_bytes
 from vaecli.metrics import METRIC_COLUMNS
 from vaecli.run_folder import TB_DIR
 
 # metrics-row keys written as scalars, each as "<split>/<key>": every column but the row's place
 SCALAR_KEYS = tuple(c for c in METRIC_COLUMNS if c not in ("step", "epoch", "split", "held_out", "nats_are"))
 HParamValue = float | int | str
+# a run's outcome -> the HParams session status (an interrupted run may still be continued)
+SESSION_STATUS = {"ok": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
 
 
 def scalar_tags(row: Mapping[str, Any]) -> dict[str, float]:
@@ -62,10 +69,13 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, HParamValu
 class TensorBoardLog:
     """Writes one run's events into ``<run dir>/tb/``; use as a context manager so events reach disk."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resumed_from: int = 0):
+        """``resumed_from``: the checkpoint's step when the run continues (its earlier events are trimmed)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(run_dir) / TB_DIR
+        if resumed_from:
+            trim_events(self.log_dir, resumed_from)
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
         self.last_step: dict[str, int] = {}  # tag -> last step written, so hparams can fill in what is missing
 
@@ -85,14 +95,15 @@ class TensorBoardLog:
         config: Mapping[str, Any],
         final: Mapping[str, Mapping[str, Any]],
         step: int,
-        failed: bool = False,
+        status: str = "ok",
     ) -> None:
         """The run's flattened config and final metrics as one session of TensorBoard's HParams plugin.
 
         ``final`` maps a split to its last metrics row. The plugin shows, for each metric tag, the
         last value of that scalar in the run, so the metric columns are the curves' own tags;
-        a final value that was never written as a scalar is written now, at ``step``. A failed
-        run still gets its row (status failure) so the table shows which configs did not finish.
+        a final value that was never written as a scalar is written now, at ``step``. ``status`` is the
+        run's outcome (:data:`SESSION_STATUS`): a failed run still gets its row (Failure), and an
+        interrupted one is Unknown until it is continued, so the table shows which did not finish.
 
         No experiment summary is written: the plugin takes the first one it finds as the whole
         sweep's, whereas without one it builds the experiment from every member's session and
@@ -107,7 +118,7 @@ class TensorBoardLog:
             if tag not in self.last_step:
                 self.writer.add_scalar(tag, value, step)
         _, start, _ = hparams(flatten(config), metrics)
-        for summary in (start, session_end(failed)):
+        for summary in (start, session_end(status)):
             self.writer.file_writer.add_summary(summary, step)
         self.writer.flush()
 
@@ -130,12 +141,14 @@ class RunEvents:
     table shows the members that did not finish too.
     """
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any], data: tuple[str, str]):
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], data: tuple[str, str], resumed_from: int = 0):
         """``config``: the run's config as its HParams row shows it; ``data``: the dataset's name and
-        root, where the test images of the pictures come from."""
+        root, where the test images of the pictures come from; ``resumed_from``: the checkpoint's
+        step when the run continues."""
         self.config = config
         self.data = data
-        self.events = TensorBoardLog(run_dir)
+        self.outcome = "ok"  # the run's status when the block ends without an error ("interrupted")
+        self.events = TensorBoardLog(run_dir, resumed_from)
         self.final: dict[str, Mapping[str, Any]] = {}  # split -> its last row
         self.step = 0
         self.test_images: Any = None
@@ -161,12 +174,13 @@ class RunEvents:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        self.close(failed=kind is not None)
+        stopped = kind is not None and issubclass(kind, KeyboardInterrupt)  # a second Ctrl-C: still resumable
+        self.close("interrupted" if stopped else "failed" if kind is not None else self.outcome)
 
-    def close(self, failed: bool) -> None:
-        """The HParams session of the rows seen so far, then the events reach disk."""
+    def close(self, status: str) -> None:
+        """The HParams session of the rows seen so far with the run's ``status``, then the events reach disk."""
         try:
-            self.events.hparams(self.config, self.final, self.step, failed=failed)
+            self.events.hparams(self.config, self.final, self.step, status=status)
         finally:
             self.events.close()
 
@@ -178,16 +192,47 @@ def first_test_images(name: str, root: str, count: int) -> Any:
     return load_split(name, root, train=False, limit=count).images
 
 
-def session_end(failed: bool) -> Any:
-    """The HParams session-end summary with a success or failure status (torch only writes success)."""
+def session_end(outcome: str) -> Any:
+    """The HParams session-end summary with the status of ``outcome`` (torch only writes success)."""
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams.api_pb2 import Status
     from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
 
-    status = Status.Value("STATUS_FAILURE" if failed else "STATUS_SUCCESS")
+    status = Status.Value(SESSION_STATUS[outcome])
     content = HParamsPluginData(session_end_info=SessionEndInfo(status=status), version=PLUGIN_DATA_VERSION)
     metadata = SummaryMetadata(
         plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=content.SerializeToString())
     )
     return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=metadata)])
+
+
+def is_hparams(event: Any) -> bool:
+    """Whether an event carries an HParams summary (a session's start or end, or an experiment)."""
+    from tensorboard.plugins.hparams.metadata import PLUGIN_NAME
+
+    return any(value.metadata.plugin_data.plugin_name == PLUGIN_NAME for value in event.summary.value)
+
+
+def trim_events(log_dir: Path, last_step: int) -> None:
+    """Cut earlier processes' events files back to what a run continued at ``last_step`` stands on.
+
+    Events after that step go (a killed process wrote them; the continuing one writes them again),
+    and so do the earlier HParams sessions: TensorBoard keeps the first session a run holds, so the
+    continued run's must be the only one. Records are read and written with TensorBoard's own
+    reader and writer, byte for byte, and a file is replaced whole (write-then-rename).
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for path in sorted(log_dir.glob("*tfevents*")):
+        records = list(RawEventFileLoader(str(path)).Load())
+        kept = [r for r in records if (event := Event.FromString(r)).step <= last_step and not is_hparams(event)]
+        if len(kept) < len(records):
+            buffer = io.BytesIO()
+            writer = RecordWriter(buffer)
+            for record in kept:
+                writer.write(record)
+            # a temporary name without "tfevents", which TensorBoard would read as an events file
+            atomic_write_bytes(path, buffer.getvalue(), prefix=".trimmed-")
