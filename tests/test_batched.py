@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import invoke
 from tests.test_resume import wait_for_step
@@ -85,6 +86,29 @@ def test_every_member_is_an_ordinary_run(batched_sweep):
     assert len(table) == 4 and set(table.status) == {"ok"} and table.test_neg_elbo_nats.notna().all()
     assert (table.torch_version == metadata.version("torch")).all()  # from the members' provenance.json
     assert "4 members" in result.stdout and "through the batched launcher" in result.stderr
+
+
+def test_on_a_gpu_the_helpers_draw_the_loss_plots_and_this_process_the_rest(batched_sweep, runner, tiny, tmp_path):
+    """A GPU's context does not survive a fork, so there the helpers get only loss.png (from the rows).
+    Run here on the CPU with that split forced: the members must come out as with whole-member helpers."""
+    from vaecli import stacked_run
+
+    sweep_dir = tmp_path / "sweep"
+    two_threads = [item for item in tiny if not item.startswith("threads=")] + ["threads=2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stacked_run, "helpers_may_use_the_model", lambda device: False)
+        result = sweep(runner, two_threads, sweep_dir, *GRID)
+    assert result.exit_code == 0, result.output
+    reference, _ = batched_sweep
+    for member in MEMBERS:
+        for name in RUN_FILES:
+            assert (sweep_dir / member / name).is_file(), (member, name)
+        assert result_of(sweep_dir / member)["status"] == "ok"
+        ours, theirs = (pd.read_csv(where / member / "metrics.csv") for where in (sweep_dir, reference))
+        timing = list(TIMING_COLUMNS)
+        pd.testing.assert_frame_equal(ours.drop(columns=timing), theirs.drop(columns=timing))
+        with Image.open(sweep_dir / member / "loss.png") as drawn, Image.open(reference / member / "loss.png") as other:
+            assert drawn.size == other.size
 
 
 def test_a_padded_member_checkpoint_is_a_plain_model_of_its_own_size(batched_sweep):

@@ -266,13 +266,20 @@ def train_and_save(
 
 
 def save_run(
-    cfg: DictConfig, out_dir: Path, result, rng: dict[str, Any], training: dict | None = None, figures: bool = True
+    cfg: DictConfig,
+    out_dir: Path,
+    result,
+    rng: dict[str, Any],
+    training: dict | None = None,
+    figures: bool = True,
+    loss_figure: bool = True,
 ) -> dict:
     """A trained model's checkpoint.pt and (with ``figures``) its figures; returns result.json's summary fields.
 
     For models trained outside :func:`vaecli.train.train` (batched sweep members), whose loop does not
     save its own checkpoints; ``result`` has a :class:`vaecli.train.TrainResult`'s fields. With
-    ``figures`` (a finished member) it also runs ``eval.iwae_k``'s evaluation, as `vae train` does.
+    ``figures`` (a finished member) it also runs ``eval.iwae_k``'s evaluation, as `vae train` does;
+    ``loss_figure`` False leaves loss.png to whoever drew it.
     """
     from vaecli import checkpoint, evaluation
 
@@ -288,7 +295,7 @@ def save_run(
     )
     summary = {"step": result.steps, "steps": result.total, "train_seconds": round(result.seconds, 3)}
     if figures:
-        draw_run_figures(result, out_dir, cfg)
+        draw_run_figures(result, out_dir, cfg, loss=loss_figure)
         summary.update(evaluation.after_training(cfg, result.model, result.test.images, out_dir, interactive=False))
     return {**summary, "final": result.final}
 
@@ -327,16 +334,25 @@ class TrainingProgress:
             self.bar.stop()
 
 
-def draw_run_figures(result, out_dir: Path, cfg: DictConfig) -> None:
-    import pandas as pd
+def draw_run_figures(result, out_dir: Path, cfg: DictConfig, loss: bool = True) -> None:
+    """loss.png (unless ``loss`` is False: drawn elsewhere), reconstructions.png and traversal.png."""
+    from vaecli import images, latents
 
-    from vaecli import images, latents, plots
-
-    title = f"beta={cfg.beta}, latent_size={cfg.latent_size}"
-    plots.loss_plot(pd.DataFrame(result.rows), out_dir / run_folder.LOSS_PNG, title=title)
+    if loss:
+        draw_loss_figure(result.rows, out_dir, cfg)
     files = {"reconstructions": run_folder.RECONSTRUCTIONS_PNG, "traversal": run_folder.TRAVERSAL_PNG}
     for name, (tiles, columns) in latents.run_pictures(result.model.eval(), result.test.images).items():
         images.save_grid(tiles, out_dir / files[name], columns)
+
+
+def draw_loss_figure(rows: list[dict[str, Any]], out_dir: Path, cfg: DictConfig) -> None:
+    """loss.png from the metrics rows alone (no model: a process without the model's device can draw it)."""
+    import pandas as pd
+
+    from vaecli import plots
+
+    title = f"beta={cfg.beta}, latent_size={cfg.latent_size}"
+    plots.loss_plot(pd.DataFrame(rows), out_dir / run_folder.LOSS_PNG, title=title)
 
 
 def print_summary(

@@ -42,7 +42,15 @@ from vaecli.errors import RunError
 from vaecli.file_helpers import FileHelpers
 from vaecli.likelihoods import run_nats_label
 from vaecli.metrics import MetricsWriter
-from vaecli.run import config_hash, draw_run_figures, resume_command, run_events, run_place, save_run
+from vaecli.run import (
+    config_hash,
+    draw_loss_figure,
+    draw_run_figures,
+    resume_command,
+    run_events,
+    run_place,
+    save_run,
+)
 from vaecli.runtime import pick_device
 from vaecli.signals import signal_name
 from vaecli.stacked import Failure, StackedTrainer
@@ -107,6 +115,7 @@ class GroupRun:
         self.writers: dict[int, MetricsWriter] = {}
         self.errors: dict[int, str] = {}  # members recorded as failed
         self.helpers = FileHelpers(self.files, [], 0)
+        self.whole_members = True  # whether the helpers write whole members (on a CPU) or loss.png only
         self.finished: set[int] = set()  # members whose files are written
         self.stopped_by: int | None = None  # the signal that stopped the group before its last step
         self.recorded: set[int] = set()  # members whose result.json says "interrupted"
@@ -265,25 +274,39 @@ class GroupRun:
             summary.update({"evaluation": evaluation} if evaluation is not None else {})
         return summary
 
-    def save(self, i: int, figures: bool = True) -> dict[str, Any]:
-        """checkpoint.pt (with the loop position to continue from) and, with ``figures``, the run's figures."""
+    def save(self, i: int, figures: bool = True, loss: bool = True) -> dict[str, Any]:
+        """checkpoint.pt (with the loop position to continue from) and, with ``figures``, the run's figures
+        (loss.png too unless ``loss`` is False)."""
         rng = {"torch": self.trainer.member_noise_state(i), "shuffle": self.trainer.member_shuffle_state(i)}
         rng.update(self.trainer.member_binarize_state(i))
         training = self.trainer.member_training_state(i)
-        return save_run(self.cfgs[i], self.starts[i].out_dir, self.result(i), rng, training, figures=figures)
+        result = self.result(i)
+        return save_run(self.cfgs[i], self.starts[i].out_dir, result, rng, training, figures=figures, loss_figure=loss)
 
-    def files(self, i: int) -> dict[str, Any]:
-        """Member i's files once the group ended: checkpoint.pt and figures (after a stop, the figures only)."""
+    def files(self, i: int, loss: bool = True) -> dict[str, Any]:
+        """Member i's files once the group ended: checkpoint.pt and figures (after a stop, the figures only);
+        loss.png unless ``loss`` is False (a helper drew it)."""
         if self.stopped_by is None:
-            return self.save(i)
-        draw_run_figures(self.result(i), self.starts[i].out_dir, self.cfgs[i])
+            return self.save(i, loss=loss)
+        draw_run_figures(self.result(i), self.starts[i].out_dir, self.cfgs[i], loss=loss)
         return self.summary(i)
 
+    def loss_figure(self, i: int) -> None:
+        """Member i's loss.png, from its metrics rows alone: what a helper draws when the model is on a GPU."""
+        draw_loss_figure(self.trainer.results[i].rows, self.starts[i].out_dir, self.cfgs[i])
+
     def start_helpers(self, workers: int) -> None:
-        """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`)."""
-        if self.trainer is None or self.device.type != "cpu":
-            workers = 0  # a forked child cannot use the parent's CUDA (or MPS) context
-        self.helpers = FileHelpers(self.files, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
+        """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`).
+
+        On a CPU a helper writes whole members. A forked child cannot use the parent's CUDA (or MPS)
+        context, so on a GPU the helpers draw only the members' loss plots (plotnine's, most of a
+        member's time), from rows in memory, while this process writes the rest with the model.
+        """
+        if self.trainer is None:
+            workers = 0
+        self.whole_members = self.trainer is None or helpers_may_use_the_model(self.device)
+        job = self.files if self.whole_members else self.loss_figure
+        self.helpers = FileHelpers(job, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
 
     def written_elsewhere(self, i: int) -> dict[str, Any] | None:
         """Member i's summary when a helper (or this process, before forking them) wrote its files; else None."""
@@ -296,7 +319,10 @@ class GroupRun:
         if i in self.errors:
             return {"status": "failed", "error": self.errors[i]}
         try:
-            summary = self.written_elsewhere(i) or self.files(i)
+            if self.whole_members:
+                summary = self.written_elsewhere(i) or self.files(i)
+            else:
+                summary = self.files(i, loss=not self.helpers.written(i))
         except Exception as error:  # as run.task in a sweep: record it, let the others finish
             self.fail(i, f"{type(error).__name__}: {error}", traceback.format_exc())
             return {"status": "failed", "error": self.errors[i]}
@@ -367,3 +393,8 @@ class GroupBoard:
         self.groups[number].update(step=step, steps=steps)
         if time.perf_counter() - self.written >= PROGRESS_SECONDS:
             self.write()
+
+
+def helpers_may_use_the_model(device: torch.device) -> bool:
+    """Whether a forked helper can run the members' models: on a CPU, yes; a GPU's context does not survive a fork."""
+    return device.type == "cpu"
