@@ -115,7 +115,6 @@ class GroupRun:
         self.writers: dict[int, MetricsWriter] = {}
         self.errors: dict[int, str] = {}  # members recorded as failed
         self.helpers = FileHelpers(self.files, [], 0)
-        self.whole_members = True  # whether the helpers write whole members (on a CPU) or loss.png only
         self.finished: set[int] = set()  # members whose files are written
         self.stopped_by: int | None = None  # the signal that stopped the group before its last step
         self.recorded: set[int] = set()  # members whose result.json says "interrupted"
@@ -295,6 +294,11 @@ class GroupRun:
         """Member i's loss.png, from its metrics rows alone: what a helper draws when the model is on a GPU."""
         draw_loss_figure(self.trainer.results[i].rows, self.starts[i].out_dir, self.cfgs[i])
 
+    @property
+    def whole_members(self) -> bool:
+        """Whether the helpers write whole members (on a CPU) or only their loss.png (on a GPU)."""
+        return self.trainer is None or helpers_may_use_the_model(self.device)
+
     def start_helpers(self, workers: int) -> None:
         """Fork up to ``workers`` helpers that write some members' files (see :class:`FileHelpers`).
 
@@ -304,7 +308,6 @@ class GroupRun:
         """
         if self.trainer is None:
             workers = 0
-        self.whole_members = self.trainer is None or helpers_may_use_the_model(self.device)
         job = self.files if self.whole_members else self.loss_figure
         self.helpers = FileHelpers(job, [i for i in range(len(self.cfgs)) if i not in self.errors], workers)
 
