@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from vaecli import train as train_module
-from vaecli.config import AUTO_CHECKPOINT_SECONDS
+from vaecli.config.schema import AUTO_CHECKPOINT_SECONDS
+from vaecli.run import loop as train_module
 
 
 class SaveTimer:
@@ -53,11 +53,11 @@ class SaveTimer:
 
 def run_once(root: str, every: str) -> tuple[float, list[float]]:
     """(training seconds, durations of the saves on the way) for one seed run."""
-    from vaecli.hydra_bridge import compose
+    from vaecli.config.hydra_bridge import compose
 
     cfg = compose([f"data.root={root}", "train.progress=false", f"train.checkpoint_every={every}"])
     with tempfile.TemporaryDirectory() as folder, SaveTimer() as timer:
-        result = train_module.train(cfg, Path(folder), say=lambda message: None)
+        result = train_module.train_model(cfg, Path(folder), say=lambda message: None)
     return result.seconds, timer.durations[:-1]  # the last save ends every run, whatever the interval
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="data root (default: vaecli's)")
     args = parser.parse_args()
 
-    from vaecli.config import default_root
+    from vaecli.config.schema import default_root
 
     root = str(args.root or default_root())
     variants = {"default": "null", "end-only": "0", f"every-{args.every}": str(args.every)}

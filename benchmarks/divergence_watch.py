@@ -1,6 +1,6 @@
 """What finding the exact step of a divergence costs, per training step, at the seed config.
 
-The loop's DivergenceWatch (vaecli.train) adds up the logits and the KL term after every update
+The loop's DivergenceWatch (vaecli.run.loop) adds up the logits and the KL term after every update
 and notes the first step whose sum is NaN or inf; on a CPU it reads that sum on the host, on a
 GPU it keeps the note on the device. This runs the seed config's training step (MLP [100, 100],
 latent 10, batch 64, fused Adam, real MNIST in memory) and, after each step, one of these checks
@@ -22,12 +22,12 @@ import time
 
 import torch
 
-from vaecli.checkpoint import weights_are_finite
-from vaecli.data import Batches, load_split
-from vaecli.hydra_bridge import compose
-from vaecli.model import build_model
-from vaecli.objective import backward_beta_elbo
-from vaecli.train import DivergenceWatch, make_optimizer
+from vaecli.config.hydra_bridge import compose
+from vaecli.data.tensors import Batches, load_split
+from vaecli.models.registry import build_model
+from vaecli.objectives.beta import backward_beta_elbo
+from vaecli.run.loop import DivergenceWatch, make_optimizer
+from vaecli.runfolder.checkpoint import weights_are_finite
 
 
 def main() -> None:

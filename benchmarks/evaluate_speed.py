@@ -1,7 +1,7 @@
 """Speed of the importance-weighted bound: k draws per test image through the seed model.
 
 The issue's target: k=1000 over the 10,000 MNIST test images of the seed model (784-100-100-10)
-in under 2 minutes on 2 CPU cores. Prints seconds and images/s for vaecli.bounds, and, on the
+in under 2 minutes on 2 CPU cores. Prints seconds and images/s for vaecli.measure.bounds, and, on the
 first --plain images, the same bound written plainly with torch.distributions for comparison
 (decoder(z).log_prob(x).sum(-1), softplus and all).
 
@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from vaecli.bounds import LATENTS_PER_PASS, chunk_sizes, importance_weighted_bound
-from vaecli.config import default_root
-from vaecli.data import binarize_split, load_split
-from vaecli.model import VAE
+from vaecli.config.schema import default_root
+from vaecli.data.tensors import binarize_split, load_split
+from vaecli.measure.bounds import LATENTS_PER_PASS, chunk_sizes, importance_weighted_bound
+from vaecli.models.mlp import VAE
 
 
 def seed_model(checkpoint: str | None) -> VAE:
@@ -77,7 +77,7 @@ def main() -> None:
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     summary = bound.summary()
     print(
-        f"vaecli.bounds: {seconds:.1f} s wall ({cpu:.1f} s CPU), {len(images) / seconds:.0f} images/s, "
+        f"vaecli.measure.bounds: {seconds:.1f} s wall ({cpu:.1f} s CPU), {len(images) / seconds:.0f} images/s, "
         f"{len(images) * args.k / seconds / 1e6:.2f} M draws/s; -IWAE_{args.k} = "
         f"{summary['nll_bound_nats']:.2f} +- {summary['nll_bound_se']:.2f} nats"
     )
@@ -93,7 +93,7 @@ def main() -> None:
         fast_seconds = time.perf_counter() - started
         print(
             f"on {len(subset)} images: plain torch.distributions {len(subset) / plain_seconds:.1f} images/s, "
-            f"vaecli.bounds {len(subset) / fast_seconds:.1f} images/s ({plain_seconds / fast_seconds:.2f}x); "
+            f"vaecli.measure.bounds {len(subset) / fast_seconds:.1f} images/s ({plain_seconds / fast_seconds:.2f}x); "
             f"mean |difference| {float((plain.double() - fast.iwae).abs().mean()):.4f} nats (same draws)"
         )
 

@@ -25,12 +25,12 @@ import time
 
 import torch
 
-from vaecli.config import default_root
-from vaecli.data import Batches, DynamicBinarizer, load_split
-from vaecli.hydra_bridge import compose
-from vaecli.model import build_model
-from vaecli.objective import backward_beta_elbo
-from vaecli.train import make_optimizer
+from vaecli.config.hydra_bridge import compose
+from vaecli.config.schema import default_root
+from vaecli.data.tensors import Batches, DynamicBinarizer, load_split
+from vaecli.models.registry import build_model
+from vaecli.objectives.beta import backward_beta_elbo
+from vaecli.run.loop import make_optimizer
 
 
 def timed_steps(overrides: list[str], images: torch.Tensor, batch: int, steps: int) -> tuple[float, float]:

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vaecli import train as solo
-from vaecli.config import Config, default_root
-from vaecli.data import load_split
-from vaecli.stacked import GroupSettings, Member, StackedTrainer
+from vaecli.config.schema import Config, default_root
+from vaecli.data.tensors import load_split
+from vaecli.run import loop as solo
+from vaecli.sweep.batched.trainer import GroupSettings, Member, StackedTrainer
 
 BETAS, LATENT_SIZES = (0.0, 0.01, 0.1, 1.0), (2, 5, 10, 20)
 
@@ -80,7 +80,7 @@ def main() -> None:
             out = Path(folder) / str(k)
             out.mkdir()
             started, cpu = time.perf_counter(), time.process_time()
-            alone = solo.train(solo_config(root, member, args.steps), out, say=lambda message: None)
+            alone = solo.train_model(solo_config(root, member, args.steps), out, say=lambda message: None)
             solo_wall += time.perf_counter() - started  # includes its data load, as a solo run pays it
             solo_cpu += time.process_time() - cpu
             solo_loop += alone.seconds - alone.eval_seconds

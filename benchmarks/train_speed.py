@@ -1,7 +1,7 @@
 """Training speed of `vae train` against a DataLoader pipeline and the barest possible loop.
 
 Prints steps/s at the seed config (MLP [100, 100], latent 10, batch 64) for, in one process:
-  tool       vaecli.train.train's loop (shuffled batches, fused Adam), evaluation time excluded
+  tool       vaecli.run.loop.train_model's loop (shuffled batches, fused Adam), evaluation time excluded
   tool+eval  the same, counting its scheduled test-set evaluations
   dataloader torchvision MNIST + DataLoader(batch_size=64, shuffle=True), same model, plain Adam
   bare       tensors in memory, same model, plain Adam, F.binary_cross_entropy_with_logits
@@ -90,12 +90,12 @@ def time_dataloader(root: str, steps: int) -> float:
 
 
 def time_tool(root: str, steps: int) -> tuple[float, float]:
-    from vaecli.hydra_bridge import compose
-    from vaecli.train import train
+    from vaecli.config.hydra_bridge import compose
+    from vaecli.run.loop import train_model
 
     cfg = compose([f"data.root={root}", f"train.steps={steps}", "train.progress=false"])
     with tempfile.TemporaryDirectory() as folder:
-        result = train(cfg, Path(folder), say=lambda message: None)
+        result = train_model(cfg, Path(folder), say=lambda message: None)
     return steps / (result.seconds - result.eval_seconds), steps / result.seconds
 
 
@@ -161,8 +161,8 @@ def main() -> None:
     parser.add_argument("--no-process", action="store_true", help="skip the whole-process comparison")
     args = parser.parse_args()
 
-    from vaecli.config import default_root
-    from vaecli.data import load_split
+    from vaecli.config.schema import default_root
+    from vaecli.data.tensors import load_split
 
     root = str(args.root or default_root())
     images = load_split("mnist", root, train=True).images

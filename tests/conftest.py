@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vaecli.cli import app
-from vaecli.config import default_root
-from vaecli.datasets import DATASETS, ensure_dataset
+from vaecli.cli.app import app
+from vaecli.config.schema import default_root
+from vaecli.data.sources import DATASETS, ensure_dataset
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def gz_root(tmp_path_factory, data_root: Path) -> Path:
     """torchvision's layout before extraction: only the downloaded .gz files under <root>/MNIST/raw."""
-    from vaecli.datasets import IDX_FILES, MNIST
+    from vaecli.data.sources import IDX_FILES, MNIST
 
     root = tmp_path_factory.mktemp("gz")
     raw = MNIST.raw_dir(root)
@@ -65,7 +65,7 @@ def vae_without(module: str, *args: str, cwd: Path) -> subprocess.CompletedProce
     """The real `vae` command in a fresh process where ``module`` cannot be imported, as without its extra."""
     code = (
         f"import sys; sys.modules[{module!r}] = None; sys.argv = ['vae', *{list(args)!r}]; "
-        "import vaecli.cli; vaecli.cli.main()"
+        "import vaecli.cli.app; vaecli.cli.app.main()"
     )
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
 
@@ -83,11 +83,25 @@ def offline_fashion_mnist(tmp_path, monkeypatch):
     """Fashion-MNIST with no system folder and a download that fails, as on a machine cut off from it."""
     import dataclasses
 
-    from vaecli import datasets
+    from vaecli.data import sources as datasets
 
     offline = dataclasses.replace(datasets.FASHION_MNIST, system_dirs=(str(tmp_path / "nowhere"),))
     monkeypatch.setitem(datasets.DATASETS, "fashion_mnist", offline)
     monkeypatch.setattr(datasets, "_torchvision_download", lambda *args: (_ for _ in ()).throw(OSError("offline")))
+
+
+def fail_at_step(monkeypatch, step: int) -> None:
+    """Make an in-process training fail at ``step``: the batch for that step raises, as a bug would."""
+    from vaecli.data.tensors import Batches
+
+    real = Batches.batch
+
+    def batch(self, at: int):
+        if at == step:
+            raise RuntimeError(f"failing at step {step}, as this test asks")
+        return real(self, at)
+
+    monkeypatch.setattr(Batches, "batch", batch)
 
 
 def slurm_reachable() -> bool:

@@ -24,10 +24,11 @@ from PIL import Image
 
 from tests.conftest import invoke
 from tests.test_resume import wait_for_step
-from vaecli import checkpoint, run_folder
-from vaecli.file_helpers import FileHelpers, fork_helper, reap
-from vaecli.metrics import TIMING_COLUMNS
-from vaecli.sweep import group_progress
+from vaecli.runfolder import checkpoint
+from vaecli.runfolder import files as run_folder
+from vaecli.runfolder.metrics import TIMING_COLUMNS
+from vaecli.sweep.command import group_progress
+from vaecli.sweep.file_helpers import FileHelpers, fork_helper, reap
 
 GRID = ["beta=0,0.5", "latent_size=2,10"]
 MEMBERS = {"beta=0,latent_size=2", "beta=0,latent_size=10", "beta=0.5,latent_size=2", "beta=0.5,latent_size=10"}
@@ -91,7 +92,7 @@ def test_every_member_is_an_ordinary_run(batched_sweep):
 def test_on_a_gpu_the_helpers_draw_the_loss_plots_and_this_process_the_rest(batched_sweep, runner, tiny, tmp_path):
     """A GPU's context does not survive a fork, so there the helpers get only loss.png (from the rows).
     Run here on the CPU with that split forced: the members must come out as with whole-member helpers."""
-    from vaecli import stacked_run
+    from vaecli.sweep.batched import members as stacked_run
 
     sweep_dir = tmp_path / "sweep"
     two_threads = [item for item in tiny if not item.startswith("threads=")] + ["threads=2"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vaecli.data import (
+from vaecli.data.tensors import (
     Batches,
     DynamicBinarizer,
     Split,

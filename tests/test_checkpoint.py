@@ -4,8 +4,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vaecli import checkpoint, latents
-from vaecli.model import build_model
+from vaecli.measure import latents
+from vaecli.models.registry import build_model
+from vaecli.runfolder import checkpoint
 
 
 def rebuild(run_dir):

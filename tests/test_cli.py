@@ -23,7 +23,7 @@ def test_every_command_has_help_with_examples(runner):
 
 def test_help_does_not_import_torch_or_hydra():
     code = (
-        "import sys, vaecli.cli; heavy = ('torch', 'hydra', 'plotnine', 'pandas', 'tensorboard', 'optuna'); "
+        "import sys, vaecli.cli.app; heavy = ('torch', 'hydra', 'plotnine', 'pandas', 'tensorboard', 'optuna'); "
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -47,6 +47,6 @@ def test_data_command_verifies_files(runner, data_root):
 
 
 def app_for_test():
-    from vaecli.cli import app
+    from vaecli.cli.app import app
 
     return app

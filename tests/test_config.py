@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from tests.conftest import invoke
+from vaecli.config.hydra_bridge import compose
 from vaecli.errors import UsageError
-from vaecli.hydra_bridge import compose
 
 
 def test_defaults_reproduce_the_seed_experiment():

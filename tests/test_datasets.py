@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import invoke
-from vaecli import datasets as sources
-from vaecli.data import load_split
-from vaecli.datasets import (
+from vaecli.data import sources
+from vaecli.data.sources import (
     IDX_FILES,
     DatasetSpec,
     DataUnavailableError,
     ensure_dataset,
     write_idx_from_pickle,
 )
+from vaecli.data.tensors import load_split
 
 
 def idx_bytes(kind: int, array: np.ndarray) -> bytes:

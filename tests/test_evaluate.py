@@ -12,9 +12,10 @@ import torch
 
 from tests.conftest import invoke
 from tests.test_inspection import BAD_FILES, assert_usage_error
-from vaecli import checkpoint, train
-from vaecli.config import LATER_KEYS
-from vaecli.data import binarize_split, load_split
+from vaecli.config.schema import LATER_KEYS
+from vaecli.data.tensors import binarize_split, load_split
+from vaecli.objectives.beta import BetaElbo
+from vaecli.runfolder import checkpoint
 
 SETUP_KEYS = {"split", "images", "k", "likelihood", "binarize", "binary_pixels", "nats_are", "seed"}
 BOUND_KEYS = {"k", "images", "nll_bound_nats", "nll_bound_se", "nll_bound_bits_per_dim", "neg_elbo_nats", "neg_elbo_se"}
@@ -90,19 +91,19 @@ def dynamic_run(tmp_path_factory, runner, tiny):
     run_dir = tmp_path_factory.mktemp("dynamic") / "run"
     batches, test_sets = [], []
 
-    def backward(q, logits, x, *args):
+    def backward(self, q, logits, x, *args):
         batches.append(x.clone())
-        return backward_beta_elbo(q, logits, x, *args)
+        return backward_beta_elbo(self, q, logits, x, *args)
 
-    def evaluate(model, images, *args):
+    def evaluate(self, model, images, *args):
         test_sets.append(images.clone())
-        return original_evaluate(model, images, *args)
+        return original_evaluate(self, model, images, *args)
 
-    backward_beta_elbo, original_evaluate = train.backward_beta_elbo, train.evaluate
+    backward_beta_elbo, original_evaluate = BetaElbo.backward, BetaElbo.evaluate
     overrides = ["train.steps=20", "train.shuffle=false", "data.binarize=dynamic", "eval.iwae_k=10"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "backward_beta_elbo", backward)
-        patch.setattr(train, "evaluate", evaluate)
+        patch.setattr(BetaElbo, "backward", backward)
+        patch.setattr(BetaElbo, "evaluate", evaluate)
         result = invoke(runner, "train", *tiny, *overrides, f"hydra.run.dir={run_dir}")
     assert result.exit_code == 0, result.output
     return run_dir, result, batches, test_sets

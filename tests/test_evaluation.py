@@ -8,7 +8,9 @@ import torch
 from torch.distributions import Normal
 from torch.nn import functional as F
 
-from vaecli.bounds import (
+from vaecli.data.tensors import binarize_split, load_split
+from vaecli.errors import UsageError
+from vaecli.measure.bounds import (
     PerImageBound,
     bits_per_dim,
     chunk_sizes,
@@ -17,11 +19,9 @@ from vaecli.bounds import (
     mean_and_standard_error,
     softplus_sum,
 )
-from vaecli.data import binarize_split, load_split
-from vaecli.errors import UsageError
-from vaecli.evaluation import evaluate_model
-from vaecli.latents import kl_per_dimension, latent_usage, mutual_information, posterior_means
-from vaecli.model import VAE
+from vaecli.measure.evaluation import evaluate_model
+from vaecli.measure.latents import kl_per_dimension, latent_usage, mutual_information, posterior_means
+from vaecli.models.mlp import VAE
 
 DEPENDENT = 5  # pixels of the toy model that depend on z; the other 779 have fixed logits
 

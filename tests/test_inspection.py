@@ -15,12 +15,13 @@ import torch
 from PIL import Image
 
 from tests.conftest import invoke
-from vaecli import checkpoint, latents
-from vaecli import images as figures
-from vaecli.checkpoint import load_model
-from vaecli.data import load_split
-from vaecli.images import AXES, ROW_LABELS, labelled_size
-from vaecli.inspection import embed_size
+from vaecli.data.tensors import load_split
+from vaecli.inspect import images as figures
+from vaecli.inspect.commands import embed_size
+from vaecli.inspect.images import AXES, ROW_LABELS, labelled_size
+from vaecli.measure import latents
+from vaecli.runfolder import checkpoint
+from vaecli.runfolder.checkpoint import load_model
 
 
 def pixels(path: Path) -> np.ndarray:

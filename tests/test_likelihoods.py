@@ -5,17 +5,18 @@ import torch
 from torch import distributions
 from torch.nn import functional as F
 
-from vaecli.data import load_split
-from vaecli.likelihoods import (
+from vaecli.data.tensors import load_split
+from vaecli.models.likelihoods import (
     ContinuousBernoulli,
     cb_log_normalizer,
     cb_mean,
     is_log_likelihood,
     nats_label,
+    nll_sum,
     pixel_distribution,
 )
-from vaecli.model import VAE
-from vaecli.objective import backward_beta_elbo, elbo_terms, kl_to_standard_normal, nll_sum
+from vaecli.models.mlp import VAE
+from vaecli.objectives.beta import backward_beta_elbo, elbo_terms, kl_to_standard_normal
 
 # both sides of the series/closed-form switches (|l| = 0.2), tiny, moderate and saturated logits
 LOGITS = [-60.0, -30.0, -8.0, -1.0, -0.21, -0.19, -1e-3, 0.0, 1e-6, 0.05, 0.199, 0.201, 0.5, 3.0, 16.0, 40.0]

@@ -242,7 +242,7 @@ def test_a_misnamed_objective_stops_the_search(app: Path):
 
 
 def test_the_results_file_is_the_one_vaecli_reads():
-    from vaecli.run_folder import BEST_TRIAL_YAML
+    from vaecli.runfolder.files import BEST_TRIAL_YAML
 
     assert RESULTS_NAME == BEST_TRIAL_YAML
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.conftest import invoke
-from vaecli import checkpoint
-from vaecli.metrics import TIMING_COLUMNS
+from vaecli.runfolder import checkpoint
+from vaecli.runfolder.metrics import TIMING_COLUMNS
 
 VAE = [sys.executable, "-m", "vaecli"]
 LONG = "train.steps=100000"  # never reached: these runs end by a signal
@@ -217,7 +217,7 @@ def test_two_runs_started_together_get_two_folders(tiny, tmp_path):
 def test_claiming_is_atomic_among_processes(tmp_path):
     """Eight processes claim the same folder name at once: eight different folders."""
     code = (
-        "import sys; from pathlib import Path; from vaecli.run_folder import claim_fresh; "
+        "import sys; from pathlib import Path; from vaecli.runfolder.files import claim_fresh; "
         "print(claim_fresh(Path(sys.argv[1])))"
     )
     base = tmp_path / "outputs" / "12-00-00"
@@ -229,8 +229,8 @@ def test_claiming_is_atomic_among_processes(tmp_path):
 
 
 def test_checkpoint_interval_is_checked():
+    from vaecli.config.hydra_bridge import compose
     from vaecli.errors import UsageError
-    from vaecli.hydra_bridge import compose
 
     assert compose([]).train.checkpoint_every is None  # automatic: about every minute of training
     with pytest.raises(UsageError, match="train.checkpoint_every=-1 is not allowed"):

@@ -14,11 +14,12 @@ from PIL import Image
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import vaecli
-from tests.conftest import invoke
-from vaecli.datasets import IDX_FILES, MNIST
-from vaecli.images import grid_size
-from vaecli.metrics import METRIC_COLUMNS, TIMING_COLUMNS
-from vaecli.train import DivergenceWatch, TrainingDiverged, eval_steps, log_steps
+from tests.conftest import fail_at_step, invoke
+from vaecli.data.sources import IDX_FILES, MNIST
+from vaecli.inspect.images import grid_size
+from vaecli.run.bookkeeping import TrainingDiverged, eval_steps, log_steps
+from vaecli.run.loop import DivergenceWatch
+from vaecli.runfolder.metrics import METRIC_COLUMNS, TIMING_COLUMNS
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 RUN_FILES = [
@@ -98,8 +99,9 @@ def test_epochs_seed_order_and_all_images(runner, tiny, tmp_path):
     assert "│ test* │" in shown.split("not held out", 1)[1]
 
 
-def test_a_failing_run_says_why_and_keeps_its_folder(runner, tiny, tmp_path):
-    result = train(runner, tiny, tmp_path / "run", "+fail_at_step=3")
+def test_a_failing_run_says_why_and_keeps_its_folder(runner, tiny, tmp_path, monkeypatch):
+    fail_at_step(monkeypatch, 3)
+    result = train(runner, tiny, tmp_path / "run")
     assert result.exit_code == 1
     assert "failing at step 3" in result.stderr and "Traceback" not in result.stderr
     status = json.loads((tmp_path / "run" / "result.json").read_text())

@@ -60,13 +60,11 @@ def test_grid_runs_as_slurm_jobs_and_aggregates(runner, tiny, tmp_path):
 
 def test_failing_member_is_recorded_while_the_others_complete(runner, tiny, tmp_path):
     sweep_dir = tmp_path / "failing"
-    result = invoke(
-        runner, "sweep", *tiny, "beta=0,0.5", "+fail_at_step=3,null", *SLURM, f"hydra.sweep.dir={sweep_dir}"
-    )
+    result = invoke(runner, "sweep", *tiny, "beta=0,0.5", "train.lr=1e-3,1e6", *SLURM, f"hydra.sweep.dir={sweep_dir}")
     assert result.exit_code == 1
     table = pd.read_csv(sweep_dir / "sweep.csv")
     assert sorted(table.status) == ["failed", "failed", "ok", "ok"]
-    assert table[table.status == "failed"].error.str.contains("failing at step 3").all()
+    assert table[table.status == "failed"].error.str.contains("TrainingDiverged").all()  # lr=1e6 diverges
 
 
 def test_cancelled_member_is_interrupted_and_the_rerun_continues_it(runner, tiny, tmp_path):

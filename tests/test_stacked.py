@@ -1,7 +1,7 @@
 """Stacked training of a group of members: the padded latent, solo equivalence, failure isolation.
 
 Every test trains for real on a small real MNIST slice (512 training, 256 test images, 8 steps
-of 32), one thread; the solo loop (vaecli.train.train) is the reference.
+of 32), one thread; the solo loop (vaecli.run.loop.train_model) is the reference.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vaecli import checkpoint
-from vaecli import train as solo
-from vaecli.config import Config
-from vaecli.data import Batches, binarize_split, load_split
-from vaecli.metrics import METRIC_COLUMNS
-from vaecli.model import VAE
-from vaecli.stacked import GroupSettings, Member, StackedTrainer
-from vaecli.stacked_streams import StackedBatches
-from vaecli.train import make_optimizer
+from vaecli.config.hydra_bridge import compose
+from vaecli.data.tensors import Batches, binarize_split, load_split
+from vaecli.models.mlp import VAE
+from vaecli.run import loop as solo
+from vaecli.run.loop import make_optimizer
+from vaecli.runfolder import checkpoint
+from vaecli.runfolder.metrics import METRIC_COLUMNS
+from vaecli.sweep.batched.streams import StackedBatches
+from vaecli.sweep.batched.trainer import GroupSettings, Member, StackedTrainer
 
 STEPS, BATCH, LIMIT, TEST_LIMIT = 8, 32, 512, 256
 TERMS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
@@ -57,10 +57,10 @@ def solo_run(data_root: Path, tmp_path: Path, member: Member, steps=STEPS, **mor
         "latent_size": member.latent_size,
         "device": "cpu",
     }
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), overrides, more)
+    cfg = OmegaConf.merge(compose([]), overrides, more)
     out = tmp_path / f"solo-{member.seed}-{member.beta}-{member.latent_size}"
     out.mkdir()
-    return solo.train(cfg, out, say=lambda message: None)
+    return solo.train_model(cfg, out, say=lambda message: None)
 
 
 def assert_rows_close(stacked: list[dict], alone: list[dict], rel: float, abs: float = 1e-7) -> None:

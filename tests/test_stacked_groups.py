@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from vaecli.config import Config
-from vaecli.stacked import GroupSettings, Member
-from vaecli.stacked_groups import group_key, member_of, plan_groups, settings_of
+from vaecli.config.hydra_bridge import compose
+from vaecli.sweep.batched.groups import group_key, member_of, plan_groups, settings_of
+from vaecli.sweep.batched.trainer import GroupSettings, Member
 
 
 def config(**dotted):
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), {"data": {"name": "mnist", "root": "/data"}})
+    cfg = OmegaConf.merge(compose([]), {"data": {"name": "mnist", "root": "/data"}})
     for key, value in dotted.items():
         OmegaConf.update(cfg, key.replace("__", "."), value)
     return cfg

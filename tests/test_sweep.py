@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from tests.conftest import invoke, vae_without
-from vaecli import extras
+from vaecli.config import extras
 from vaecli.errors import UsageError
-from vaecli.sweep import TRIAL_SUBDIR, plan
+from vaecli.sweep.command import TRIAL_SUBDIR, plan
 
 GRID = ["beta=0,0.5", "latent_size=2,4"]
 needs_optuna = pytest.mark.skipif(bool(extras.missing("optuna")), reason="the optuna extra is not installed")
@@ -111,12 +111,12 @@ def test_members_trained_on_the_test_images_are_marked(runner, tiny, tmp_path):
 
 def test_failed_member_is_recorded_and_the_others_run(runner, tiny, tmp_path):
     sweep_dir = tmp_path / "failing"
-    result = sweep(runner, tiny, sweep_dir, "beta=0,0.5", "+fail_at_step=3,null")
+    result = sweep(runner, tiny, sweep_dir, "beta=0,0.5", "train.lr=1e-3,1e6")  # lr=1e6 really diverges
     assert result.exit_code == 1
     table = pd.read_csv(sweep_dir / "sweep.csv")
     assert len(table) == 4
     failed = table[table.status == "failed"]
-    assert len(failed) == 2 and failed.error.str.contains("failing at step 3").all()
+    assert len(failed) == 2 and failed.error.str.contains("TrainingDiverged").all()
     assert (table[table.status == "ok"].test_neg_elbo_nats > 0).all()
     assert "2 of 4 members failed" in result.stderr
 
@@ -237,7 +237,7 @@ def test_the_best_beta_preset_is_an_optuna_search_over_beta():
 
 
 def test_a_search_draws_its_neg_elbo_figure_on_a_numeric_axis(tmp_path):
-    from vaecli import plots
+    from vaecli.inspect import plots
 
     betas = [0.001 * 1.7**i for i in range(12)]  # more values than a grid names: one tick each would collide
     done = pd.DataFrame({"beta": betas, "latent_size": 10, "test_neg_elbo_nats": [130 + b * 50 for b in betas]})

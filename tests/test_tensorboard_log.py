@@ -25,12 +25,13 @@ from tensorboard.backend.event_processing.plugin_event_multiplexer import EventM
 from tensorboard.plugins.hparams.api_pb2 import Status  # noqa: E402
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 
-from tests.conftest import invoke, vae_without  # noqa: E402
+from tests.conftest import fail_at_step, invoke, vae_without  # noqa: E402
 from tests.test_resume import start, stop, wait_for_step  # noqa: E402
-from vaecli import checkpoint, images  # noqa: E402
-from vaecli.metrics import TIMING_COLUMNS  # noqa: E402
-from vaecli.run_folder import TB_DIR  # noqa: E402
-from vaecli.tensorboard_log import SCALAR_KEYS, TensorBoardLog, flatten, scalar_tags  # noqa: E402
+from vaecli.inspect import images  # noqa: E402
+from vaecli.run.tensorboard_log import SCALAR_KEYS, TensorBoardLog, flatten, scalar_tags  # noqa: E402
+from vaecli.runfolder import checkpoint
+from vaecli.runfolder.files import TB_DIR  # noqa: E402
+from vaecli.runfolder.metrics import TIMING_COLUMNS  # noqa: E402
 
 CONFIG = {
     "beta": 0.01,
@@ -304,9 +305,10 @@ def test_the_logger_changes_no_result(tb_run: Path, trained_run: Path):
     assert not (trained_run / TB_DIR).exists()  # logger=csv, the default, writes no events
 
 
-def test_a_failed_run_is_a_failed_hparams_session(runner, tiny, tmp_path: Path):
+def test_a_failed_run_is_a_failed_hparams_session(runner, tiny, tmp_path: Path, monkeypatch):
     run_dir = tmp_path / "run"
-    result = invoke(runner, "train", *tiny, "logger=tensorboard", "+fail_at_step=5", f"hydra.run.dir={run_dir}")
+    fail_at_step(monkeypatch, 5)
+    result = invoke(runner, "train", *tiny, "logger=tensorboard", f"hydra.run.dir={run_dir}")
     assert result.exit_code == 1
     events = accumulator(run_dir / TB_DIR)
     assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 4]

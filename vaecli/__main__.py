@@ -1,3 +1,3 @@
-from vaecli.cli import main
+from vaecli.cli.app import main
 
 main()

@@ -2,14 +2,14 @@
 
 Hydra finds this launcher by its plugin discovery (the ``hydra_plugins`` namespace package), as it
 finds joblib's and submitit's. Members that may share a model (they differ only in ``beta``,
-``seed`` and ``latent_size``: :mod:`vaecli.stacked_groups`) are trained together, at most
+``seed`` and ``latent_size``: :mod:`vaecli.sweep.batched.groups`) are trained together, at most
 ``max_group`` at a time, in this process with every usable CPU; each keeps its own batch order
 and noise, so it learns what it would learn alone. Every member is still an ordinary run folder:
 Hydra's ``run_job`` sets it up (``.hydra/``, train.log) and, after the group's last step, runs the
-member's task that writes checkpoint.pt, the figures and result.json (:mod:`vaecli.stacked_run`).
+member's task that writes checkpoint.pt, the figures and result.json (:mod:`vaecli.sweep.batched.members`).
 
 Members that already completed with the same config are skipped by the ordinary task, as with any
-launcher. Stopping and resuming work as under the other launchers (:mod:`vaecli.signals`): a first
+launcher. Stopping and resuming work as under the other launchers (:mod:`vaecli.run.signals`): a first
 SIGINT/SIGTERM (or the sweep's stop file) ends the running group after its current step, each
 unfinished member writes its checkpoint and result.json "interrupted", the groups not yet started
 do not start (their members record it as the ordinary task does), and `vae sweep` writes
@@ -101,11 +101,11 @@ class BatchedLauncher(Launcher):
         remember_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from vaecli import run_folder
-        from vaecli.run import completed
-        from vaecli.signals import STOP
-        from vaecli.stacked_groups import plan_groups
-        from vaecli.stacked_run import GroupBoard
+        from vaecli.run.signals import STOP
+        from vaecli.run.task import completed
+        from vaecli.runfolder import files as run_folder
+        from vaecli.sweep.batched.board import GroupBoard
+        from vaecli.sweep.batched.groups import plan_groups
 
         assert self.config is not None and self.task_function is not None
         if self.max_group < 1:
@@ -141,8 +141,8 @@ class BatchedLauncher(Launcher):
     @staticmethod
     def resume_of(job: Job) -> dict[str, Any] | None:
         """The member's checkpoint to continue from, as the ordinary task finds it (None: start afresh)."""
-        from vaecli import run_folder
-        from vaecli.resume import resume_point
+        from vaecli.run.resume import resume_point
+        from vaecli.runfolder import files as run_folder
 
         return resume_point(job.cfg, job.out_dir, run_folder.read_result(job.out_dir), sweeping=True)
 
@@ -182,9 +182,9 @@ class BatchedLauncher(Launcher):
 
     def train_group(self, number: int, jobs: list[Job], board: Any, data: dict) -> list[JobReturn]:
         """One group from the members' first file to their last; a second Ctrl-C raises, its members recorded."""
-        from vaecli.runtime import threads_for
-        from vaecli.signals import STOP, signal_name
-        from vaecli.stacked_run import GroupRun, start_member
+        from vaecli.config.runtime import threads_for
+        from vaecli.run.signals import STOP, signal_name
+        from vaecli.sweep.batched.members import GroupRun, start_member
 
         assert self.config is not None
         started = time.perf_counter()

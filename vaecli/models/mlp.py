@@ -1,0 +1,133 @@
+"""Encoder, decoder and the VAE that joins them; each call returns a distribution.
+
+Returning ``torch.distributions`` objects keeps the loss reading like the math
+(q(z|x), p(x|z)) while the objective uses their parameters directly where that is faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, Normal
+from torch.nn import functional as F
+
+from vaecli.config.schema import choice, rule
+from vaecli.models.likelihoods import LIKELIHOODS, pixel_distribution
+from vaecli.models.registry import MODELS
+
+IMAGE_SIZE = 28 * 28
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def seed_init(module: nn.Module) -> None:
+    """The seed's (Sonnet's) Linear init: truncated normal, std 1/sqrt(fan_in), zero bias.
+
+    torch's default init starts with weights sqrt(3) times smaller; after the seed's 1024
+    steps that costs about 15 nats per image on the test set.
+    """
+    if isinstance(module, nn.Linear):
+        std = module.in_features**-0.5
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(module.bias)
+
+
+def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers with an activation between them (and after the last, since a head follows)."""
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """x -> q(z|x), a factorized Normal whose scale is positive by construction."""
+
+    def __init__(
+        self, hidden_sizes: Sequence[int], latent_size: int, min_scale: float = 1e-4, activation: str = "relu"
+    ):
+        super().__init__()
+        self.body = mlp([IMAGE_SIZE, *hidden_sizes], activation)
+        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else IMAGE_SIZE, 2 * latent_size)
+        self.min_scale = min_scale
+
+    def forward(self, x: torch.Tensor) -> Normal:
+        loc, raw_scale = self.head(self.body(x)).chunk(2, dim=-1)
+        # softplus plus a floor: unlike the seed's square(), never exactly zero.
+        return Normal(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+
+
+class Decoder(nn.Module):
+    """z -> p(x|z), independent pixels given by their logits: Bernoulli or continuous Bernoulli."""
+
+    def __init__(
+        self, hidden_sizes: Sequence[int], latent_size: int, likelihood: str = "bernoulli", activation: str = "relu"
+    ):
+        super().__init__()
+        self.body = mlp([latent_size, *hidden_sizes], activation)
+        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else latent_size, IMAGE_SIZE)
+        self.likelihood = likelihood
+
+    def forward(self, z: torch.Tensor) -> Distribution:
+        # Grey-level targets in [0, 1] are the seed's convention, so no support check.
+        return pixel_distribution(self.head(self.body(z)), self.likelihood)
+
+
+class VAE(nn.Module):
+    def __init__(
+        self,
+        latent_size: int = 10,
+        hidden_sizes: Sequence[int] = (100, 100),
+        min_scale: float = 1e-4,
+        likelihood: str = "bernoulli",
+        activation: str = "relu",
+    ):
+        super().__init__()
+        if likelihood not in LIKELIHOODS or activation not in ACTIVATIONS:
+            raise ValueError(f"likelihood {likelihood!r} or activation {activation!r} is not one this model knows")
+        self.latent_size = latent_size
+        self.likelihood, self.activation = likelihood, activation
+        self.encoder = Encoder(hidden_sizes, latent_size, min_scale, activation)
+        self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size, likelihood, activation)
+        self.apply(seed_init)
+
+    def prior(self, batch_shape: Sequence[int] = ()) -> Normal:
+        zeros = torch.zeros(*batch_shape, self.latent_size, device=self.decoder.head.weight.device)
+        return Normal(zeros, torch.ones_like(zeros), validate_args=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[Normal, torch.Tensor, Distribution]:
+        """q(z|x), a reparameterized sample z ~ q, and p(x|z)."""
+        q = self.encoder(x)
+        z = q.rsample()
+        return q, z, self.decoder(z)
+
+
+@dataclass
+class MlpConfig:
+    """``model=mlp`` (conf/model/mlp.yaml): the seed's MLP encoder and decoder, and every default of it."""
+
+    name: str = choice(("mlp",), "mlp")
+    hidden_sizes: list[int] = rule(
+        lambda sizes: all(size >= 1 for size in sizes), "sizes must be >= 1", default_factory=lambda: [100, 100]
+    )
+    min_scale: float = rule(lambda value: value > 0, "must be > 0", default=1e-4)  # floor under the posterior scale
+    # or continuous_bernoulli: a normalised density on [0, 1] for grey levels
+    likelihood: str = choice(LIKELIHOODS, "bernoulli")
+    activation: str = choice(tuple(ACTIVATIONS), "relu")  # or tanh (Burda et al.)
+
+
+def build_mlp(cfg: Any) -> VAE:
+    """The MLP VAE a run's config describes."""
+    return VAE(
+        latent_size=int(cfg.latent_size),
+        hidden_sizes=list(cfg.model.hidden_sizes),
+        min_scale=float(cfg.model.min_scale),
+        likelihood=str(cfg.model.likelihood),
+        activation=str(cfg.model.activation),
+    )
+
+
+MODELS.register("mlp", build_mlp, schema=MlpConfig)

@@ -1,0 +1,78 @@
+"""metrics.csv: its columns, and a writer that keeps it a valid CSV at every instant, also across resumes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from vaecli.atomic import atomic_write_bytes
+from vaecli.errors import RunError
+from vaecli.objectives.terms import TERM_NAMES
+
+METRIC_COLUMNS = [
+    "step",
+    "epoch",
+    "split",
+    "held_out",  # false when the model trained on these images (train rows; test rows under data.train_on=all)
+    *TERM_NAMES,
+    "images_per_s",
+    "seconds",
+    "nats_are",  # log-likelihood, or cross-entropy (a Bernoulli decoder on grey levels): likelihoods.nats_label
+]
+TIMING_COLUMNS = ("images_per_s", "seconds")
+
+
+def parse_row(row: dict[str, str]) -> dict[str, Any]:
+    """A metrics.csv row read back, typed as the loop wrote it."""
+    typed: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in ("split", "nats_are") or value == "":
+            typed[key] = value
+        elif key == "held_out":
+            typed[key] = value == "True"
+        else:
+            typed[key] = int(value) if key == "step" else float(value)
+    return typed
+
+
+class MetricsWriter:
+    """Appends complete rows to metrics.csv as they come, so the file is a valid CSV at every instant.
+
+    ``keep`` continues a stopped run: its first ``keep`` rows (those its checkpoint counted) stay,
+    byte for byte, and any written after the checkpoint are dropped, so no row appears twice.
+    ``test_held_out`` is false when the model trained on the test images (``data.train_on=all``);
+    ``nats_are`` says what every row's nats are (a log-likelihood or a cross-entropy).
+    """
+
+    def __init__(self, path: Path, keep: int | None = None, test_held_out: bool = True, nats_are: str = ""):
+        self.rows: list[dict[str, Any]] = []
+        self.test_held_out, self.nats_are = test_held_out, nats_are
+        if keep is None:
+            self.handle = path.open("w", newline="")
+            csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS).writeheader()
+        else:
+            lines = path.read_bytes().splitlines(keepends=True) if path.is_file() else []
+            kept = lines[: keep + 1]
+            self.rows = [parse_row(row) for row in csv.DictReader(io.StringIO(b"".join(kept).decode()))]
+            if len(self.rows) != keep or not kept or kept[-1][-1:] != b"\n":
+                raise RunError(f"{path} holds fewer rows than its checkpoint counted ({keep}); was it changed?")
+            atomic_write_bytes(path, b"".join(kept))
+            self.handle = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS)
+
+    def write(self, row: dict[str, Any]) -> None:
+        row = {**row, "held_out": row["split"] == "test" and self.test_held_out, "nats_are": self.nats_are}
+        self.rows.append(row)
+        self.writer.writerow(row)
+        self.handle.flush()
+
+    def sync(self) -> None:
+        """On disk, not only in the page cache: before a checkpoint that counts these rows."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()

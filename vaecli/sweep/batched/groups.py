@@ -1,0 +1,103 @@
+"""Which sweep members can train together as one stacked model, and in how many groups.
+
+Members may differ only in ``beta``, ``seed`` and ``latent_size``; any other difference (hidden
+sizes, batch size, steps or epochs, learning rate, data, device, ...) puts them in different
+groups. ``train.lr`` is a grouping key because one fused Adam over the stacks has one lr.
+Keys that change neither the numbers nor the shapes (progress bar, thread count) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from vaecli.data.tensors import steps_per_epoch
+from vaecli.errors import UsageError
+from vaecli.run.bookkeeping import total_steps
+from vaecli.run.schedules import lr_changes
+from vaecli.sweep.batched.trainer import GroupSettings, Member
+
+MEMBER_KEYS = ("beta", "seed", "latent_size")  # may differ inside a group
+STACKED = {"model.name": "mlp", "objective.name": "beta"}  # what the stacked model and trainer implement
+
+
+def check_stackable(cfgs: Sequence[Any]) -> None:
+    """Refuse a batched sweep over a model or objective the stacked trainer does not implement."""
+    for cfg in cfgs:
+        for key, supported in STACKED.items():
+            value = OmegaConf.select(cfg, key)
+            if value is not None and value != supported:
+                raise UsageError(
+                    f"{key}={value}: hydra/launcher=batched stacks only {key}={supported}; "
+                    "use hydra/launcher=basic or joblib for this sweep"
+                )
+
+
+IGNORED_KEYS = ("threads", "train.progress")  # change nothing a member computes
+
+
+def group_key(cfg: Any) -> str:
+    """The config with the member keys and the ignored keys removed, as canonical JSON."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in (*MEMBER_KEYS, *IGNORED_KEYS):
+        *parents, last = dotted.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return json.dumps(plain, sort_keys=True, default=str)
+
+
+def plan_groups(cfgs: Sequence[Any], max_group: int, starts: Sequence[int] | None = None) -> list[list[int]]:
+    """Member indices grouped by :func:`group_key` (in first-seen order), split into groups of at most
+    ``max_group`` of near-equal size (17 members and max 16 give 9 + 8, not 16 + 1).
+
+    ``starts`` are the steps the members continue from (a stopped sweep run again): a stacked
+    model takes one step for all, so only members continuing from the same step share a group.
+    """
+    if max_group < 1:
+        raise ValueError("max_group must be >= 1")
+    starts = starts if starts is not None else [0] * len(cfgs)
+    by_key: dict[tuple[str, int], list[int]] = {}
+    for index, cfg in enumerate(cfgs):
+        by_key.setdefault((group_key(cfg), int(starts[index])), []).append(index)
+    groups: list[list[int]] = []
+    for indices in by_key.values():
+        parts = math.ceil(len(indices) / max_group)
+        size, extra = divmod(len(indices), parts)
+        start = 0
+        for part in range(parts):
+            end = start + size + (1 if part < extra else 0)
+            groups.append(indices[start:end])
+            start = end
+    return groups
+
+
+def member_of(cfg: Any) -> Member:
+    return Member(seed=int(cfg.seed), beta=float(cfg.beta), latent_size=int(cfg.latent_size))
+
+
+def settings_of(cfg: Any, examples: int) -> GroupSettings:
+    """The shared settings of ``cfg``'s group; ``examples`` is the training set size (for train.epochs)."""
+    steps = total_steps(cfg, examples)
+    per_epoch = steps_per_epoch(examples, int(cfg.train.batch_size))
+    return GroupSettings(
+        steps=steps,
+        batch_size=int(cfg.train.batch_size),
+        lr=float(cfg.train.lr),
+        shuffle=bool(cfg.train.shuffle),
+        eval_every=cfg.train.eval_every,
+        hidden_sizes=tuple(int(size) for size in cfg.model.hidden_sizes),
+        min_scale=float(cfg.model.min_scale),
+        betas=(float(cfg.train.adam_betas[0]), float(cfg.train.adam_betas[1])),
+        eps=float(cfg.train.adam_eps),
+        lr_changes=tuple(sorted(lr_changes(cfg.train, per_epoch, steps).items())),
+        likelihood=str(cfg.model.likelihood),
+        activation=str(cfg.model.activation),
+        binarize=str(cfg.data.binarize),
+    )
