@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 GRIDS = {
-    "default": [],  # `vae sweep` with no swept key runs conf/sweep/default.yaml
+    "default": [],  # `vae sweep` with no swept key runs conf/vae_sweep/grids/default.yaml
     "beta8": ["beta=0,0.001,0.003,0.01,0.03,0.1,0.3,1", "latent_size=10"],
 }
 MEMBERS = {"default": 16, "beta8": 8}

@@ -195,7 +195,7 @@ class BatchedLauncher(Launcher):
         board.state(number, "running")
         try:
             trained = time.perf_counter()
-            done = group.train(STOP.requested, partial(board.step, number))
+            done = group.train_group(STOP.requested, partial(board.step, number))
             if not done:  # stopped after a step: every unfinished member records it before any figure
                 group.record_stop(STOP.signum or signal.SIGTERM)
                 log.info(

@@ -134,7 +134,7 @@ def sweep(
         str | None, typer.Option("--report", help="Only aggregate this existing sweep folder.", show_default=False)
     ] = None,
     grid: Annotated[
-        str, typer.Option(help="Grid from conf/sweep/ used for keys the command line leaves unswept.")
+        str, typer.Option(help="Grid from conf/vae_sweep/grids/ used for keys the command line leaves unswept.")
     ] = "default",
 ) -> None:
     """Run a grid of trainings (or an Optuna search) through Hydra's multirun and compare them (sweep.csv and plots)."""

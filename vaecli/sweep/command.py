@@ -71,9 +71,9 @@ def conf_yaml(*parts: str) -> dict | None:
 
 
 def default_grid(name: str) -> dict:
-    grid = conf_yaml("sweep", f"{name}.yaml")
+    grid = conf_yaml("vae_sweep", "grids", f"{name}.yaml")
     if grid is None:
-        raise UsageError(f"no sweep grid '{name}' in conf/sweep/; pass key=v1,v2 overrides instead")
+        raise UsageError(f"no sweep grid '{name}' in conf/vae_sweep/grids/; pass key=v1,v2 overrides instead")
     return grid
 
 
@@ -85,8 +85,8 @@ def launcher_choice(hydra_overrides: Sequence[str]) -> str:
 
 
 def launcher_preset(launcher: str, hydra_overrides: Sequence[str]) -> list[str]:
-    """vaecli's defaults for this launcher (conf/launcher/<name>.yaml) the command line did not set."""
-    preset = conf_yaml("launcher", f"{launcher}.yaml") or {}
+    """vaecli's defaults for this launcher (conf/vae_sweep/launchers/<name>.yaml) the command line did not set."""
+    preset = conf_yaml("vae_sweep", "launchers", f"{launcher}.yaml") or {}
     return [
         f"hydra.launcher.{key}={'null' if value is None else value}"
         for key, value in preset.items()

@@ -6,7 +6,7 @@ closes every member's folder as it does for any launcher:
 
 1. :func:`start_member`, as a member's task inside ``run_job``: the config in its train.log,
    result.json "running", and which log files Hydra opened for it;
-2. :meth:`GroupRun.train`: one stacked model (:mod:`vaecli.sweep.batched.trainer`) for the whole group. Each
+2. :meth:`GroupRun.train_group`: one stacked model (:mod:`vaecli.sweep.batched.trainer`) for the whole group. Each
    member's metrics.csv rows and train.log lines are written as they come, and its checkpoint.pt
    on the way, as often as the solo loop writes one; a member whose loss or weights turn
    non-finite is recorded "failed" there and then, and the others carry on;
@@ -164,7 +164,7 @@ class GroupRun:
         start_text = f"continuing at step {trainer.step + 1} of {steps}" if trainer.step else f"training {steps} steps"
         self.say(f"{start_text} on {where}, stacked with {others} other sweep members")
 
-    def train(self, stop: Callable[[], bool], on_progress: Callable[[int, int], None]) -> bool:
+    def train_group(self, stop: Callable[[], bool], on_progress: Callable[[int, int], None]) -> bool:
         """Step 2: train the group; False when ``stop()`` ended it before its last step.
 
         An error (no data, a bug) fails every member with it, as each solo run would have failed.

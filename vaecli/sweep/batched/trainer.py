@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,17 +46,11 @@ ProgressHook = Callable[[int, int, dict[int, float], float], None]  # (step, ste
 class StackedTrainer(StackedState):
     """The loop over a group's stacks (:class:`StackedState`): :meth:`run` steps every member at once."""
 
-    def __init__(
-        self,
-        members: Sequence[Member],
-        settings: GroupSettings,
-        train_images: torch.Tensor,
-        test_images: torch.Tensor,
-        device: torch.device | str = "cpu",
-    ):
-        super().__init__(members, settings, train_images, test_images, device)
-        self.new_lr = dict(settings.lr_changes)
-        self.schedule = Schedule(settings.steps, settings.eval_every)
+    def __init__(self, *args: Any, **kwargs: Any):
+        """As :class:`StackedState` (members, settings, train and test images, device), plus the loop's schedule."""
+        super().__init__(*args, **kwargs)
+        self.new_lr = dict(self.settings.lr_changes)
+        self.schedule = Schedule(self.settings.steps, self.settings.eval_every)
         self.clock = RowClock(self.position)
         self._eval_noise = self._make_eval_noise()
 
