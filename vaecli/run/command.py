@@ -22,6 +22,7 @@ from vaecli.run import resume as resuming
 from vaecli.run.signals import STOP, Interrupted, exit_code, signal_name
 from vaecli.run.task import resume_command, task
 from vaecli.runfolder import files as run_folder
+from vaecli.runfolder import lock
 
 
 def train_run(
@@ -37,7 +38,7 @@ def train_run(
     main = hydra_main(task)
     with STOP.installed():
         try:
-            run_dir, arguments = prepare(overrides, resume)
+            run_dir, arguments = prepare(overrides, resume)  # holds the run folder's lock from here
         except Interrupted as error:  # a second Ctrl-C before training began
             raise Stopped(f"{signal_name(error.signum)} before training began", exit_code(error.signum)) from None
         try:
@@ -49,24 +50,39 @@ def train_run(
             raise stopped(run_dir, getattr(error, "signum", None) or STOP.signum or signal.SIGINT) from None
         except (RuntimeError, OSError, ValueError) as error:
             raise RunError(f"{type(error).__name__}: {first_line(error)}") from None
+        finally:
+            lock.release(run_dir)
     if STOP.signum is not None and (run_folder.read_result(run_dir) or {}).get("status") == "interrupted":
         raise stopped(run_dir, STOP.signum)
     return run_dir
 
 
 def prepare(overrides: Sequence[str], resume: str | None) -> tuple[Path, list[str]]:
-    """Every check before the first write, then the run's folder and Hydra's arguments for it."""
+    """Every check before the first write, then the run's folder (its lock held) and Hydra's arguments for it.
+
+    ``--resume`` takes the run's lock before its checks (a second process is refused at once) and
+    lets go if a check refuses; a new run takes the lock of the folder it just claimed.
+    """
     if resume is not None:
         run_dir, arguments, composed = resuming.prepare(resume, overrides)
-        preflight([composed])
-    else:
-        composed = compose(overrides, with_hydra=True)
-        preflight([composed])
-    if STOP.signum is not None:  # during the data check: no folder yet, nothing to continue
-        raise Stopped(f"{signal_name(STOP.signum)} before training began", exit_code(STOP.signum))
-    if resume is None:
-        run_dir, arguments = claim_folder(composed, overrides)
+        try:
+            preflight([composed])
+            refuse_if_stopped()
+        except BaseException:
+            lock.release(run_dir)
+            raise
+        return run_dir, arguments
+    composed = compose(overrides, with_hydra=True)
+    preflight([composed])
+    refuse_if_stopped()
+    run_dir, arguments = claim_folder(composed, overrides)
+    lock.acquire(run_dir)
     return run_dir, arguments
+
+
+def refuse_if_stopped() -> None:
+    if STOP.signum is not None:  # during the data check: nothing was trained, nothing to continue
+        raise Stopped(f"{signal_name(STOP.signum)} before training began", exit_code(STOP.signum))
 
 
 def claim_folder(composed: DictConfig, overrides: Sequence[str]) -> tuple[Path, list[str]]:

@@ -19,8 +19,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vaecli.config.hydra_bridge import compose, has_key, override_key, quote_value
+from vaecli.config.schema import LATER_DEFAULTS
 from vaecli.errors import UsageError
-from vaecli.runfolder import checkpoint
+from vaecli.runfolder import checkpoint, lock
 from vaecli.runfolder import files as run_folder
 
 log = logging.getLogger("vaecli")
@@ -49,10 +50,17 @@ def as_container(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def without(cfg: DictConfig | dict[str, Any], leave_out: Sequence[str]) -> dict[str, Any]:
+    """The config without ``leave_out``, and without the keys the registries added (``model.name``,
+    ``objective``) where they hold what a run from before them meant: its hash stays what it was."""
     container = copy.deepcopy(as_container(cfg))
     for key in leave_out:
         section, _, name = key.rpartition(".")
         (container.get(section, {}) if section else container).pop(name, None)
+    for key, default in LATER_DEFAULTS.items():
+        section, _, name = key.rpartition(".")
+        node = container.get(section, {}) if section else container
+        if isinstance(node, dict) and node.get(name) == default:
+            node.pop(name)
     return container
 
 
@@ -82,9 +90,8 @@ def prepare(target: str, overrides: Sequence[str]) -> tuple[Path, list[str], Dic
     """Check that RUN can continue with these overrides; returns its folder, Hydra's arguments and the config.
 
     Raises a one-line :class:`UsageError` (exit 2) for anything else, before anything is written.
+    Returns holding the run folder's lock (:mod:`vaecli.runfolder.lock`); a refusal lets go of it.
     """
-    from vaecli.run.bookkeeping import total_steps
-
     folder = Path(target).expanduser()
     if folder.is_dir() and run_folder.holds_run(folder) and not (folder / run_folder.CHECKPOINT).is_file():
         raise UsageError(f"{folder} holds no checkpoint: the run stopped before its first one; start it anew")
@@ -94,20 +101,33 @@ def prepare(target: str, overrides: Sequence[str]) -> tuple[Path, list[str], Dic
         raise UsageError(f"--resume takes a run folder made by `vae train` or its {run_folder.CHECKPOINT}: {target}")
     if has_key(overrides, "hydra.run.dir"):
         raise UsageError("--resume continues the run in its own folder; leave out hydra.run.dir")
+    lock.acquire(run_dir)  # before reading it: another process may be writing it
+    try:
+        return run_dir, *checked(run_dir, file, overrides)
+    except BaseException:
+        lock.release(run_dir)
+        raise
+
+
+def checked(run_dir: Path, file: Path, overrides: Sequence[str]) -> tuple[list[str], DictConfig]:
+    """Hydra's arguments and the config that continue the run, or a one-line refusal; reads only."""
+    from vaecli.run.bookkeeping import total_steps
+
     payload = checkpoint.load(file)
     state = checkpoint.training_state(payload, file)
+    stored = OmegaConf.to_container(checkpoint.stored_config(payload, file))  # with keys added since it was made
     given = {override_key(item) for item in overrides}
     merged = [item for item in run_folder.read_overrides(run_dir) if override_key(item) not in given]
     merged += list(overrides)
     composed = compose(merged)
-    refuse_changes(payload["config"], composed, given)
+    refuse_changes(stored, composed, given)
     total, step = total_steps(composed, state["images"]), int(payload["step"])
     if total < step:
         raise UsageError(f"the run reached step {step}, past the {total} steps asked for; a run cannot be shortened")
     done = run_folder.read_result(run_dir) or {}
     if total == step and done.get("status") == "ok":
         raise UsageError(f"{run_dir} already completed its {step} steps; pass a larger train.steps to extend it")
-    return run_dir, [*merged, f"hydra.run.dir={quote_value(str(run_dir))}"], composed
+    return [*merged, f"hydra.run.dir={quote_value(str(run_dir))}"], composed
 
 
 def refuse_changes(stored: dict[str, Any], composed: DictConfig, given: set[str]) -> None:

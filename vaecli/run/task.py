@@ -30,6 +30,7 @@ from vaecli.run.console import TrainingProgress, print_summary, sayer
 from vaecli.run.resume import config_hash
 from vaecli.run.signals import STOP, Interrupted, signal_name
 from vaecli.runfolder import files as run_folder
+from vaecli.runfolder import lock
 
 if TYPE_CHECKING:
     from vaecli.run.loop import Loop, RowHook, TrainResult
@@ -43,19 +44,25 @@ config_module.register()  # launchers unpickle `task` in fresh processes: the sc
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Hydra's task function (kept undecorated so launchers can pickle it by name)."""
     session = Session.here(cfg)
-    with STOP.installed(stop_file=session.stop_file, hand_over=preemption_signal()):
-        skipped = session.start()
-        if skipped is not None:
-            return skipped
-        with session.recording() as record, run_logger(cfg, session.out_dir, session.resumed_from) as events:
-            with TrainingProgress(session.console, session.interactive and cfg.train.progress) as progress:
-                result = session.loop(events).run(progress.hook, STOP)
-            record.outcome = session.finish(result)
-            if events is not None:
-                events.outcome = record.outcome["status"]  # "interrupted": its HParams row says so
-        if record.outcome.get("status") == "interrupted":
-            STOP.hand_over()  # submitit's time-limit/preemption signal came: it requeues the job, which continues
-        return record.outcome
+    busy = session.lock()
+    if busy is not None:
+        return busy
+    try:
+        with STOP.installed(stop_file=session.stop_file, hand_over=preemption_signal()):
+            skipped = session.start()
+            if skipped is not None:
+                return skipped
+            with session.recording() as record, run_logger(cfg, session.out_dir, session.resumed_from) as events:
+                with TrainingProgress(session.console, session.interactive and cfg.train.progress) as progress:
+                    result = session.loop(events).run(progress.hook, STOP)
+                record.outcome = session.finish(result)
+                if events is not None:
+                    events.outcome = record.outcome["status"]  # "interrupted": its HParams row says so
+            if record.outcome.get("status") == "interrupted":
+                STOP.hand_over()  # submitit's time-limit/preemption signal came: the job is requeued and continues
+            return record.outcome
+    finally:
+        lock.release(session.out_dir)
 
 
 class Session:
@@ -88,6 +95,18 @@ class Session:
         sweeping = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
         stop_file = Path(hydra_cfg.sweep.dir) / run_folder.STOP_FILE if sweeping else None
         return cls(cfg, out_dir, sweeping, hydra_cfg.launcher if sweeping else None, stop_file)
+
+    def lock(self) -> dict[str, Any] | None:
+        """Take the folder's lock (`vae train` holds it already); a sweep member whose folder another
+        process holds ends "failed" without touching it (its outcome returned), a run is refused."""
+        try:
+            lock.acquire(self.out_dir)
+        except lock.FolderBusy as error:
+            if not self.sweeping:
+                raise
+            log.error("member not run: %s", error)
+            return {"status": "failed", "error": f"FolderBusy: {error}"}
+        return None
 
     @property
     def resumed_from(self) -> int:

@@ -31,6 +31,7 @@ from vaecli.config.schema import NOT_HELD_OUT, test_held_out
 from vaecli.errors import Stopped, UsageError, first_line
 from vaecli.run.signals import STOP, Interrupted, exit_code, signal_name
 from vaecli.runfolder import files as run_folder
+from vaecli.runfolder import lock
 
 SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
 # an Optuna trial's folder: its number keeps two trials with the same values apart
@@ -167,16 +168,36 @@ def sweep(overrides: Sequence[str], report_dir: str | None, grid: str) -> int:
             raise UsageError(f"{folder} is not a folder; pass the sweep folder that `vae sweep` printed")
         if not run_folder.member_dirs(folder):
             raise UsageError(f"{folder} holds no sweep members (no */.hydra/overrides.yaml); is it a sweep folder?")
-        return report(folder, console)
+        with lock.Locked(folder, "sweep"):  # not while its sweep runs: one writer per folder
+            return report(folder, console)
 
     from vaecli.run.command import preflight  # torch with it: not for --report
-    from vaecli.run.task import task
 
     sweep_plan = plan(overrides, grid)
     preflight(sweep_plan.configs)
     if not has_key(sweep_plan.hydra_overrides, "hydra.sweep.dir"):  # a new sweep: a folder of its own
         sweep_plan.sweep_dir = run_folder.claim_fresh(sweep_plan.sweep_dir, whole=True)
         sweep_plan.arguments.append(f"hydra.sweep.dir={quote_value(str(sweep_plan.sweep_dir))}")
+    else:
+        make_sweep_folder(sweep_plan.sweep_dir)
+    with lock.Locked(sweep_plan.sweep_dir, "sweep"):  # one `vae sweep` per folder, the whole sweep long
+        return run_sweep(sweep_plan, overrides, console)
+
+
+def make_sweep_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"cannot create the sweep folder {folder}: {error.strerror}; choose another hydra.sweep.dir"
+        ) from None
+
+
+def run_sweep(sweep_plan: SweepPlan, overrides: Sequence[str], console: Any) -> int:
+    """The checked sweep, its folder locked: Hydra's multirun, then the report."""
+    from vaecli.run.task import task
+    from vaecli.sweep.report import report
+
     what = "Optuna search of {} trials" if sweep_plan.sweeper == "optuna" else "sweep of {} members"
     console.print(
         f"{what.format(sweep_plan.total)} through the {sweep_plan.launcher} launcher into "

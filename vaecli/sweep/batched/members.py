@@ -53,7 +53,7 @@ from vaecli.run.task import (
     save_run,
 )
 from vaecli.runfolder import files as run_folder
-from vaecli.runfolder import provenance
+from vaecli.runfolder import lock, provenance
 from vaecli.runfolder.metrics import MetricsWriter
 from vaecli.sweep.batched.groups import member_of, settings_of
 from vaecli.sweep.batched.trainer import Failure, StackedTrainer
@@ -85,6 +85,7 @@ def start_member(cfg: DictConfig, resume: dict[str, Any] | None = None) -> Membe
     from hydra.core.hydra_config import HydraConfig
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    lock.acquire(out_dir)  # held by the launcher until the group closes (GroupRun.close)
     started, fingerprint = time.time(), config_hash(cfg)
     start = MemberStart(out_dir, started, fingerprint, [], resume)
     record = {"config_hash": fingerprint, **run_place(), "resumed_from": start.resumed_from}
@@ -356,6 +357,8 @@ class GroupRun:
 
     def close(self) -> None:
         self.helpers.close()
+        for start in self.starts:
+            lock.release(start.out_dir)
         for logger in self.loggers:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
