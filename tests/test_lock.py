@@ -105,3 +105,52 @@ def test_a_lock_is_taken_again_by_its_own_process_and_let_go_once(tmp_path):
     assert lock.holds(tmp_path) and (tmp_path / lock.LOCK_FILE).exists()
     lock.release(tmp_path)
     assert not lock.holds(tmp_path) and not (tmp_path / lock.LOCK_FILE).exists()
+
+
+# ----------------------------------------------------------------------------- a refused start touches nothing
+
+
+def refused_resume(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    before = snapshot(run_dir)
+    done = vae("train", "--resume", str(run_dir), *overrides)
+    assert snapshot(run_dir) == before  # byte for byte: no result.json rewritten, no train.log line
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def finished_run(tiny, tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run"
+    fixed = [item for item in tiny if not item.startswith("train.steps=")]
+    done = vae("train", *fixed, "train.steps=40", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr
+    return run_dir
+
+
+def test_refused_resumes_leave_the_folder_byte_identical(tiny, tmp_path):
+    run_dir = finished_run(tiny, tmp_path)
+    metrics = run_dir / "metrics.csv"
+    changed = refused_resume(run_dir, "train.steps=60", "beta=0.5")
+    assert changed.returncode == 2 and "beta cannot change" in changed.stderr
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    metrics.write_bytes(b"".join(lines[:3]) + lines[3][:7])  # cut inside the rows the checkpoint counts
+    cut = refused_resume(run_dir, "train.steps=60")
+    assert cut.returncode == 1 and "complete rows where its checkpoint counted" in cut.stderr
+    fields = lines[2].split(b",")
+    fields[4] = b"abc"  # the loss of the second counted row
+    metrics.write_bytes(b"".join([*lines[:2], b",".join(fields), *lines[3:]]))
+    damaged = refused_resume(run_dir, "train.steps=60")
+    assert damaged.returncode == 1 and "a row its checkpoint counted is damaged" in damaged.stderr
+    metrics.unlink()
+    missing = refused_resume(run_dir, "train.steps=60")
+    assert missing.returncode == 1 and "cannot be read" in missing.stderr
+
+
+def test_a_cut_last_row_past_the_checkpoint_is_dropped_as_a_killed_runs_rows(tiny, tmp_path):
+    run_dir = finished_run(tiny, tmp_path)
+    metrics = run_dir / "metrics.csv"
+    counted = metrics.read_bytes()
+    metrics.write_bytes(counted + b"41,0.6,tra")  # a row a killed process was writing
+    done = vae("train", "--resume", str(run_dir), "train.steps=60")
+    assert done.returncode == 0, done.stderr
+    rows = pd.read_csv(metrics)
+    assert metrics.read_bytes().startswith(counted) and rows.step.max() == 60 and not rows.step.isna().any()

@@ -23,6 +23,7 @@ from vaecli.config.schema import LATER_DEFAULTS
 from vaecli.errors import UsageError
 from vaecli.runfolder import checkpoint, lock
 from vaecli.runfolder import files as run_folder
+from vaecli.runfolder.metrics import kept_rows
 
 log = logging.getLogger("vaecli")
 
@@ -122,6 +123,7 @@ def checked(run_dir: Path, file: Path, overrides: Sequence[str]) -> tuple[list[s
     composed = compose(merged)
     refuse_changes(stored, composed, given)
     total, step = total_steps(composed, state["images"]), int(payload["step"])
+    kept_rows(run_dir / run_folder.METRICS_CSV, int(state["position"]["rows"]))  # damage refused before any write
     if total < step:
         raise UsageError(f"the run reached step {step}, past the {total} steps asked for; a run cannot be shortened")
     done = run_folder.read_result(run_dir) or {}

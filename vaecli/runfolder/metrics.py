@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vaecli.atomic import atomic_write_bytes
-from vaecli.errors import RunError
+from vaecli.errors import RunError, first_line
 from vaecli.objectives.terms import TERM_NAMES
 
 METRIC_COLUMNS = [
@@ -38,6 +38,34 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
     return typed
 
 
+def kept_rows(path: Path, keep: int) -> tuple[list[dict[str, Any]], bytes]:
+    """The first ``keep`` rows of a stopped run's metrics.csv (those its checkpoint counted), and their bytes.
+
+    Reads only, so `vae train --resume` checks them before anything is written. Rows past them (a
+    killed run's, a last line cut mid-write) are what continuing drops; a missing file, or damage
+    inside the counted rows, is named in one line.
+    """
+    advice = "the run cannot continue exactly; start it anew"
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+    except OSError as error:
+        raise RunError(
+            f"{path} cannot be read ({error.strerror}): its checkpoint counts {keep} rows; {advice}"
+        ) from None
+    kept = lines[: keep + 1]  # the header and the counted rows
+    complete = len(kept) - 1 if kept and kept[-1][-1:] == b"\n" else len(kept) - 2
+    if complete < keep:
+        raise RunError(f"{path} holds {max(complete, 0)} complete rows where its checkpoint counted {keep}; {advice}")
+    try:
+        reader = csv.DictReader(io.StringIO(b"".join(kept).decode()))
+        rows = [parse_row(row) for row in reader]
+        if reader.fieldnames != METRIC_COLUMNS or len(rows) != keep or any(None in row for row in rows):
+            raise ValueError("columns differ from vaecli's")
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise RunError(f"{path}: a row its checkpoint counted is damaged ({first_line(error)}); {advice}") from None
+    return rows, b"".join(kept)
+
+
 class MetricsWriter:
     """Appends complete rows to metrics.csv as they come, so the file is a valid CSV at every instant.
 
@@ -54,12 +82,8 @@ class MetricsWriter:
             self.handle = path.open("w", newline="")
             csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS).writeheader()
         else:
-            lines = path.read_bytes().splitlines(keepends=True) if path.is_file() else []
-            kept = lines[: keep + 1]
-            self.rows = [parse_row(row) for row in csv.DictReader(io.StringIO(b"".join(kept).decode()))]
-            if len(self.rows) != keep or not kept or kept[-1][-1:] != b"\n":
-                raise RunError(f"{path} holds fewer rows than its checkpoint counted ({keep}); was it changed?")
-            atomic_write_bytes(path, b"".join(kept))
+            self.rows, kept = kept_rows(path, keep)
+            atomic_write_bytes(path, kept)
             self.handle = path.open("a", newline="")
         self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS)
 
