@@ -19,9 +19,9 @@ import yaml  # noqa: E402
 from hydra.core.utils import JobReturn, JobStatus  # noqa: E402
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
 
-from hydra_plugins.vaecli_optuna_sweeper._objective import ObjectiveNotFound, Outcome, outcome  # noqa: E402
-from hydra_plugins.vaecli_optuna_sweeper._space import search_space  # noqa: E402
-from hydra_plugins.vaecli_optuna_sweeper._study import RESULTS_NAME, batch_size  # noqa: E402
+from vaecli.sweep.optuna.outcome import ObjectiveNotFound, Outcome, outcome  # noqa: E402
+from vaecli.sweep.optuna.space import search_space  # noqa: E402
+from vaecli.sweep.optuna.study import RESULTS_NAME, batch_size  # noqa: E402
 
 # Returns vaecli's result shape; beta=0.5 diverges (NaN), beta=0.25 raises, n=5 reports a failed member.
 APP = """

@@ -34,7 +34,7 @@ class RandomSamplerConf:
 class OptunaSweeperConf:
     """What to search and how; the search space comes from sweep overrides and ``params``."""
 
-    _target_: str = "hydra_plugins.vaecli_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    _target_: str = "hydra_plugins.vaecli_optuna_sweeper.optuna_sweeper.OptunaSweeper"  # the adapter
     _recursive_: bool = False  # the sweeper builds the sampler itself, after checking Optuna is installed
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     sampler: Any = MISSING

@@ -43,7 +43,7 @@ LOSS_CURVES_PNG = "loss_curves.png"
 RATE_DISTORTION_PNG = "rate_distortion.png"
 NEG_ELBO_PNG = "neg_elbo.png"
 STOP_FILE = ".stop"  # written by `vae sweep` on SIGINT/SIGTERM (the signal's name); members poll it
-# hydra/sweeper=optuna: the search's best trial, written by hydra_plugins/vaecli_optuna_sweeper/_study.py
+# hydra/sweeper=optuna: the search's best trial, written by vaecli/sweep/optuna/study.py
 # (RESULTS_NAME there, the name Hydra's own Optuna plugin uses)
 BEST_TRIAL_YAML = "optimization_results.yaml"
 GROUPS_JSON = "groups.json"  # the batched launcher's groups of members and how far each has got

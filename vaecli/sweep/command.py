@@ -141,7 +141,7 @@ def search_probes(task: Sequence[str], params: Any) -> tuple[list[list[str]], se
     extras.require("optuna", "hydra/sweeper=optuna")
     from hydra.errors import HydraException
 
-    from hydra_plugins.vaecli_optuna_sweeper._space import search_space
+    from vaecli.sweep.optuna.space import search_space
 
     try:
         space = search_space(task, params)

@@ -19,11 +19,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from ._objective import ObjectiveNotFound, outcome
-from ._space import search_space
+from vaecli.sweep.optuna.outcome import ObjectiveNotFound, outcome
+from vaecli.sweep.optuna.space import search_space
 
 if TYPE_CHECKING:
-    from .optuna_sweeper import OptunaSweeper
+    from vaecli.sweep.optuna.sweeper import OptunaSweeper
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "optimization_results.yaml"
