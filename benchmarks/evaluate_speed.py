@@ -6,6 +6,8 @@ first --plain images, the same bound written plainly with torch.distributions fo
 (decoder(z).log_prob(x).sum(-1), softplus and all).
 
 Run:  python benchmarks/evaluate_speed.py [--k 1000] [--n 10000] [--threads 2] [--checkpoint RUN/checkpoint.pt]
+      python benchmarks/evaluate_speed.py --command RUN [--k 1000] [--n 10000]   (the real `vae evaluate`,
+      its wall time and peak resident memory; target: under 1.5 GB for the seed model at k=1000, all 10,000)
 Without --checkpoint the seed architecture is timed at its initial weights: the work per draw does
 not depend on the weights. Other processes on the same cores make every figure meaningless.
 """
@@ -14,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
+import subprocess
+import sys
 import time
 
 import torch
@@ -22,6 +27,18 @@ from vaecli.config.schema import default_root
 from vaecli.data.tensors import binarize_split, load_split
 from vaecli.measure.bounds import LATENTS_PER_PASS, chunk_sizes, importance_weighted_bound
 from vaecli.models.mlp import VAE
+
+
+def time_command(run: str, k: int, n: int) -> None:
+    """`vae evaluate` as a user runs it: wall time and peak resident memory (ru_maxrss) of its process."""
+    command = [sys.executable, "-m", "vaecli", "evaluate", "-c", run, "--k", str(k), "--n", str(n)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    bound = next((line for line in done.stdout.splitlines() if "-IWAE_" in line), done.stderr.strip()[-200:])
+    print(f"vae evaluate -c {run} --k {k} --n {n}: {seconds:.1f} s wall, peak resident memory {peak_mb:,.0f} MB")
+    print(f"  {' '.join(bound.split())}")
 
 
 def seed_model(checkpoint: str | None) -> VAE:
@@ -59,7 +76,15 @@ def main() -> None:
     parser.add_argument("--latents-per-pass", type=int, default=LATENTS_PER_PASS)
     parser.add_argument("--plain", type=int, default=100, help="images for the plain comparison (0: skip)")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument(
+        "--command",
+        metavar="RUN",
+        default=None,
+        help="instead: time the real `vae evaluate -c RUN --k K --n N` in a process of its own, with its peak memory",
+    )
     args = parser.parse_args()
+    if args.command:
+        return time_command(args.command, args.k, args.n)
 
     torch.set_num_threads(args.threads)
     grey = load_split("mnist", default_root(), train=False, limit=args.n).images
@@ -75,11 +100,12 @@ def main() -> None:
         model, images, args.k, generator=torch.Generator().manual_seed(0), latents_per_pass=args.latents_per_pass
     )
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = bound.summary()
     print(
         f"vaecli.measure.bounds: {seconds:.1f} s wall ({cpu:.1f} s CPU), {len(images) / seconds:.0f} images/s, "
         f"{len(images) * args.k / seconds / 1e6:.2f} M draws/s; -IWAE_{args.k} = "
-        f"{summary['nll_bound_nats']:.2f} +- {summary['nll_bound_se']:.2f} nats"
+        f"{summary['nll_bound_nats']:.2f} +- {summary['nll_bound_se']:.2f} nats; peak resident memory {peak_mb:,.0f} MB"
     )
     if args.n < 10_000:
         print(f"  projected for 10,000 images: {seconds * 10_000 / len(images):.0f} s")

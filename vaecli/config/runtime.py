@@ -60,6 +60,31 @@ def threads_for(threads: int, launcher: Any | None) -> int:
     return cpus
 
 
+_LIBC: Any = None
+
+
+def return_freed_memory() -> None:
+    """Give the pages of freed temporaries back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    A long CPU loop that frees and allocates megabyte temporaries in torch's threads leaves them in
+    glibc's per-thread heaps: `vae evaluate` at k=1000 over the test set reached 10 GB of resident
+    memory that way, with never more than a few MB of live tensors. Trimming now and then bounds it.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+            _LIBC = _LIBC if _LIBC and hasattr(_LIBC, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def preemption_signal() -> int | None:
     """Inside a submitit job: the signal submitit requeues the job on (USR2 unless SUBMITIT_PREEMPT_SIGNAL says)."""
     import signal
