@@ -30,7 +30,7 @@ from vaecli.run import loop as train_module
 
 
 class SaveTimer:
-    """Wraps train.Loop.save: how many saves on the way (not the last one) and how long they took."""
+    """Wraps vaecli.run.loop.Loop.save: how many saves on the way (not the last one) and how long they took."""
 
     def __init__(self) -> None:
         self.durations: list[float] = []

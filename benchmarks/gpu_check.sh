@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks behind README's GPU figures, on a machine with an NVIDIA GPU and vaecli installed:
+# The checks behind the GPU figures in docs/speed.md, on a machine with an NVIDIA GPU and vaecli installed:
 # `vae train device=cuda`, its checkpoint opened by every inspection command with no GPU visible,
 # `vae evaluate` on the GPU and the CPU, a batched default study on the GPU (a member's checkpoint
 # opened on the CPU), and benchmarks/sweep_speed.py's basic-against-batched figures on the GPU.

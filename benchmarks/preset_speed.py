@@ -4,7 +4,7 @@ For sizing ``experiment=burda2016_short``: for each ``--batch`` it runs ``--step
 inner loop (shuffled Batches with a DynamicBinarizer, forward, backward from the logits, fused Adam
 with eps 1e-4) on real MNIST, and prints wall steps/s and CPU seconds per step (``time.process_time``:
 all threads of this process together). The seed model at batch 64 runs alongside as a yardstick
-(the README's `vae train` figure: 199 steps/s on an idle 2-core machine, 2 threads).
+(docs/speed.md's `vae train` figure: 199 steps/s on an idle 2-core machine, 2 threads).
 
 On cores shared with other processes wall time measures the neighbours (and two threads that
 wait for each other can run 50 times slower than alone); CPU time per step at ``--threads 1``

@@ -100,3 +100,12 @@ def test_modules_and_functions_stay_small():
                 if length > 80:
                     too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {length} lines")
     assert too_long == []
+
+
+def test_every_package_folder_ships_in_the_wheel():
+    """pyproject.toml lists packages by name: a new layer folder left out would be missing from `pip install .`."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {module_name(init) for init in PACKAGE.rglob("__init__.py")}
+    assert folders - listed == set()

@@ -146,6 +146,7 @@ def evaluate_checkpoint(request: Request) -> list[Path]:
         if value is not None:
             check_count(value, option)
     loaded = load_model(request.checkpoint, request.device)
+    images = run_images(loaded, request.split, request.n, request.data_root)  # before the clock starts
     started = time.perf_counter()
     with EvaluationProgress(Console(stderr=True), request.k, enabled=True) as progress:
         evaluation = evaluate_run(
@@ -155,8 +156,8 @@ def evaluate_checkpoint(request: Request) -> list[Path]:
             request.n,
             request.seed,
             request.latents_per_pass,
-            request.data_root,
             on_progress=progress.update,
+            images=images,
         )
     seconds = round(time.perf_counter() - started, 3)
     report = {**evaluation.to_json(), "checkpoint": str(loaded.file), "seconds": seconds}
@@ -174,14 +175,16 @@ def evaluate_run(
     latents_per_pass: int | None = None,
     data_root: str | None = None,
     on_progress: ProgressHook | None = None,
+    images: torch.Tensor | None = None,
 ) -> Evaluation:
     """A loaded run (``vaecli.load_run``) evaluated as `vae evaluate` does, nothing written.
 
-    ``evaluate_run(run, k=100).to_json()`` is what evaluation.json would hold.
+    ``evaluate_run(run, k=100).to_json()`` is what evaluation.json would hold. ``images``: the
+    split's images already read (:func:`run_images`), else they are read here.
     """
     check_count(k, "--k")
     check_split(split)
-    images = run_images(run, split, n, data_root)
+    images = run_images(run, split, n, data_root) if images is None else images
     cfg = run.config
     return evaluate_model(
         run.model,

@@ -109,17 +109,32 @@ def resolve(path: str | Path) -> Path:
 def load(path: str | Path) -> dict[str, Any]:
     """Load on the CPU (whatever device wrote it) and check that it is ours."""
     file = resolve(path)
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        first = first_line(error) or type(error).__name__
-        raise CheckpointError(
-            f"{file} is not a readable checkpoint ({first[:160]}); it may be truncated or not made by vaecli"
-        ) from None
+    payload = read_payload(file)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{file} is not a vaecli checkpoint; pass the checkpoint.pt that `vae train` wrote")
     check_version(payload.get("version"), file)
     return payload
+
+
+def read_payload(file: Path) -> Any:
+    """torch.load of a checkpoint as data (weights_only), or a one-line reason in our words, no warning leaking."""
+    import pickle
+    import warnings
+    import zipfile
+
+    advice = "pass the checkpoint.pt that `vae train` wrote"
+    if not zipfile.is_zipfile(file):
+        reason = "not a zip archive as torch.save writes one: truncated, or not a checkpoint"
+        raise CheckpointError(f"{file} is not a readable checkpoint ({reason}); {advice}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before it refuses
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = "it holds objects other than tensors and plain data, and a checkpoint is data, never code"
+    except Exception as error:  # a damaged archive: torch's own words are many lines of internals
+        reason = f"its archive is damaged ({type(error).__name__})"
+    raise CheckpointError(f"{file} is not a readable checkpoint ({reason}); {advice}")
 
 
 def check_version(version: Any, file: Path) -> None:
@@ -175,7 +190,7 @@ class Loaded:
 
         return pd.read_csv(self.run_dir / METRICS_CSV)
 
-    def dataset(self, split: str, count: int | None, data_root: str | None = None) -> Split:
+    def dataset(self, split: str, count: int | None = None, data_root: str | None = None) -> Split:
         """The first ``count`` grey-level images of the checkpoint's own dataset (its ``data.root`` unless given)."""
         name = str(self.config.data.name)
         if name not in DATASETS:
@@ -200,7 +215,7 @@ def load_model(path: str | Path, device: str = "auto") -> Loaded:
 
 
 def stored_config(payload: dict[str, Any], file: Path) -> Any:
-    """The checkpoint's config; one written before a key existed gets that key's default (config.LATER_KEYS)."""
+    """The checkpoint's config; one written before a key existed gets that key's default (config.schema.LATER_KEYS)."""
     from vaecli.config.schema import with_later_keys
 
     config = payload.get("config")

@@ -1,6 +1,6 @@
 """`vae sweep`: plan a grid (or an Optuna search), check its members, run it through Hydra's multirun, report.
 
-Every member is an ordinary run of :func:`vaecli.run.command.task` in its own folder. Members record their
+Every member is an ordinary run of :func:`vaecli.run.task.task` in its own folder. Members record their
 own status (result.json), so aggregation works the same for the basic launcher, joblib,
 submitit and a sweep folder copied back from a cluster, and never depends on Hydra callbacks.
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -102,11 +102,7 @@ class BatchedLauncher(Launcher):
         remember_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from vaecli.run.signals import STOP
-        from vaecli.run.task import completed
-        from vaecli.runfolder import files as run_folder
-        from vaecli.sweep.batched.board import GroupBoard
-        from vaecli.sweep.batched.groups import plan_groups
+        from vaecli.runfolder import lock
 
         assert self.config is not None and self.task_function is not None
         if self.max_group < 1:
@@ -116,9 +112,41 @@ class BatchedLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         jobs = [self.job(initial_job_idx + k, overrides) for k, overrides in enumerate(job_overrides)]
-        returns: dict[int, JobReturn] = {}
+        busy = self.lock_members(jobs)  # every member's folder locked before it is read: busy ones are done
+        try:
+            return self.launch_locked(jobs, dict(busy), sweep_dir)
+        finally:
+            for k, job in enumerate(jobs):
+                if k not in busy:
+                    lock.release(job.out_dir)
+
+    def lock_members(self, jobs: list[Job]) -> dict[int, JobReturn]:
+        """Each member's folder lock for the whole launch; a member whose folder another process holds
+        is not run and ends "failed", as under the basic launcher (nothing in its folder touched)."""
+        from vaecli.runfolder import lock
+
+        busy: dict[int, JobReturn] = {}
+        for k, job in enumerate(jobs):
+            try:
+                job.out_dir.mkdir(parents=True, exist_ok=True)
+                lock.acquire(job.out_dir)
+            except lock.FolderBusy as error:
+                log.error("member not run: %s", error)
+                outcome = {"status": "failed", "error": f"FolderBusy: {error}"}
+                busy[k] = JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=outcome)
+        return busy
+
+    def launch_locked(self, jobs: list[Job], returns: dict[int, JobReturn], sweep_dir: Path) -> list[JobReturn]:
+        from vaecli.run.signals import STOP
+        from vaecli.run.task import completed
+        from vaecli.runfolder import files as run_folder
+        from vaecli.sweep.batched.board import GroupBoard
+        from vaecli.sweep.batched.groups import plan_groups
+
         pending = []
         for k, job in enumerate(jobs):
+            if k in returns:
+                continue
             if completed(job.cfg, job.out_dir):  # the ordinary task skips it, and says so in its train.log
                 returns[k] = self.run(job, self.task_function)
             else:

@@ -11,7 +11,7 @@ closes every member's folder as it does for any launcher:
    on the way, as often as the solo loop writes one; a member whose loss or weights turn
    non-finite is recorded "failed" there and then, and the others carry on;
 3. :meth:`GroupRun.finish`, as the member's task inside ``run_job`` (with the sweep's callbacks):
-   checkpoint.pt of a plain single model, the figures and result.json through :func:`vaecli.run.command.save_run`,
+   checkpoint.pt of a plain single model, the figures and result.json through :func:`vaecli.run.task.save_run`,
    as `vae train` writes them; on Linux, forked :class:`~vaecli.sweep.file_helpers.FileHelpers` write a
    share of them meanwhile.
 
@@ -261,7 +261,7 @@ class GroupRun:
         )
 
     def summary(self, i: int) -> dict[str, Any]:
-        """result.json's summary fields for member i, as :func:`vaecli.run.command.save_run` returns them."""
+        """result.json's summary fields for member i, as :func:`vaecli.run.task.save_run` returns them."""
         trainer = self.trainer
         step, seconds, final = trainer.step, round(trainer.seconds, 3), trainer.results[i].final
         summary = {"step": step, "steps": self.settings.steps, "train_seconds": seconds, "final": final}

@@ -184,7 +184,7 @@ class StackedState:
         return {"state": state, "param_groups": groups}
 
     def member_shuffle_state(self, i: int) -> torch.Tensor:
-        """The shuffle generator state member i's solo run would have now (train.TrainResult.shuffle_state)."""
+        """The shuffle generator state member i's solo run would have now (the shuffle state of its solo loop)."""
         return self.batches.shuffle_state(self.members[i].seed)
 
     def member_training_state(self, i: int) -> dict[str, Any]:

@@ -70,7 +70,7 @@ class StackedTrainer(StackedState):
         return torch.stack([draw(x if x.dim() == 2 else x[slot]) for slot, draw in enumerate(slots)])
 
     def _make_eval_noise(self) -> torch.Tensor:
-        """Each member's evaluation noise, drawn as train.evaluate draws it (its seed, solo chunks)."""
+        """Each member's evaluation noise, drawn as objectives.beta.evaluate draws it (its seed, solo chunks)."""
         n, padded = len(self.test_images), self.model.latent_size
         noise = torch.zeros(len(self.members), n, padded)
         for i, member in enumerate(self.members):
@@ -172,7 +172,7 @@ class StackedTrainer(StackedState):
     # ----- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
     def evaluate(self) -> list[dict[str, float]]:
-        """train.evaluate for every running member (same noise), in slot order."""
+        """objectives.beta.evaluate for every running member (same noise), in slot order."""
         n, groups = len(self.test_images), len(self.running)
         rows = max(1, EVAL_ROWS // groups)
         noise = self._eval_noise.index_select(0, torch.tensor(self.running, device=self.device))
