@@ -141,7 +141,7 @@ def test_training_with_the_continuous_bernoulli_lowers_its_negative_log_likeliho
 def test_labels_say_when_nats_are_only_a_cross_entropy():
     assert nats_label("bernoulli", binary_pixels=False) == "cross-entropy"
     assert nats_label("bernoulli", binary_pixels=True) == "log-likelihood"
-    assert nats_label("continuous_bernoulli", binary_pixels=False) == "log-likelihood"
-    assert is_log_likelihood("continuous_bernoulli", binary_pixels=True)
+    assert nats_label("continuous_bernoulli", binary_pixels=False) == "log-density"  # of pixel values on [0, 1]
+    assert not is_log_likelihood("continuous_bernoulli", binary_pixels=True)
     with pytest.raises(ValueError):
         is_log_likelihood("gaussian", binary_pixels=True)

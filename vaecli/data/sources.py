@@ -165,7 +165,7 @@ def ensure_dataset(spec: DatasetSpec, root: Path, say: Callable[[str], None] = l
         try:
             fetch(spec, root, say)
         except Exception as error:  # each source may fail in its own way; try the next
-            tried.append(f"{label}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            tried.append(f"{label}: {one_line(error)}")
             say(f"{spec.name}: {tried[-1]}")
             continue
         still_bad = bad_files(spec, root)
@@ -177,10 +177,17 @@ def ensure_dataset(spec: DatasetSpec, root: Path, say: Callable[[str], None] = l
         for name in still_bad:
             for path in candidates(spec, root, name):
                 path.unlink(missing_ok=True)
-    hint = f"put the four IDX files (or their .gz) under {raw}"
+    hint = f"put the four IDX files (or their .gz) under {raw}: {', '.join(IDX_FILES)}"
     if spec.system_dirs:
         hint += " or `apt-get install dataset-fashion-mnist`"
     raise DataUnavailableError(f"no verified {spec.name} files could be found or fetched ({'; '.join(tried)}); {hint}")
+
+
+def one_line(error: BaseException) -> str:
+    """A fetch error's whole reason on one line (torchvision puts its reason on the lines after a
+    header ending in a colon), never an empty one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(error).__name__
 
 
 def _sources(spec: DatasetSpec):

@@ -82,6 +82,7 @@ class PerImageBound:
     elbo: torch.Tensor  # mean over the draws of log w (Monte Carlo KL)
     reconstruction: torch.Tensor  # mean over the draws of -log p(x|z)
     kl: torch.Tensor  # closed-form KL(q(z|x) || p(z))
+    discrete: bool = True  # nats of a probability of discrete pixels; a density of continuous ones has no bits/dim
 
     def summary(self) -> dict[str, float | int]:
         """Means over images with standard errors; the bound as -log p(x) <= nll_bound, nats and bits/dim."""
@@ -92,10 +93,10 @@ class PerImageBound:
             "images": len(self.iwae),
             "nll_bound_nats": nll,
             "nll_bound_se": nll_se,
-            "nll_bound_bits_per_dim": bits_per_dim(nll, self.pixels),
+            "nll_bound_bits_per_dim": bits_per_dim(nll, self.pixels) if self.discrete else None,
             "neg_elbo_nats": neg_elbo,
             "neg_elbo_se": neg_elbo_se,
-            "neg_elbo_bits_per_dim": bits_per_dim(neg_elbo, self.pixels),
+            "neg_elbo_bits_per_dim": bits_per_dim(neg_elbo, self.pixels) if self.discrete else None,
             "recon_nats": float(self.reconstruction.mean()),
             "kl_nats": float(self.kl.mean()),
         }

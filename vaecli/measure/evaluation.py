@@ -20,12 +20,13 @@ from typing import Any
 import torch
 
 from vaecli.config.checks import check_count, check_split
+from vaecli.config.schema import test_held_out
 from vaecli.data.tensors import binarize_split
 from vaecli.errors import RunError, UsageError, first_line
 from vaecli.measure.bounds import LATENTS_PER_PASS, PerImageBound, ProgressHook, importance_weighted_bound
 from vaecli.measure.latents import LatentUsage, latent_usage
 from vaecli.measure.registry import measure_all
-from vaecli.models.likelihoods import nats_label
+from vaecli.models.likelihoods import is_density, nats_label
 from vaecli.models.mlp import VAE
 from vaecli.runfolder import files as run_folder
 from vaecli.runfolder.checkpoint import Loaded, load_model
@@ -71,8 +72,12 @@ def evaluate_model(
     latents_per_pass: int = LATENTS_PER_PASS,
     mi_batch: int | None = None,
     on_progress: ProgressHook | None = None,
+    held_out: bool = True,
 ) -> Evaluation:
     """The full evaluation of ``model`` on ``images`` (already binarised as the run's data says).
+
+    ``held_out`` is False when the model trained on these images (the train split, or the test
+    split of a ``data.train_on=all`` run): every label of the figures then says so.
 
     Noise comes from CPU generators seeded from ``seed``, so the same call gives the same figures.
     """
@@ -104,10 +109,12 @@ def evaluate_model(
         "binarize": binarize,
         "binary_pixels": binary,
         "nats_are": nats_label(model.likelihood, binary),
+        "held_out": held_out,
         "seed": seed,
         "latents_per_pass": latents_per_pass,
         "mi_batch": mi_batch,
     }
+    bound.discrete = not is_density(model.likelihood)  # a density of continuous pixels: no bits/dim
     return Evaluation(bound=bound, latents=latents, meaning=meaning, metrics=metrics)
 
 
@@ -196,6 +203,7 @@ def evaluate_run(
         latents_per_pass=latents_per_pass or int(cfg.eval.latents_per_pass),
         mi_batch=cfg.eval.mi_batch,
         on_progress=on_progress,
+        held_out=split == "test" and test_held_out(cfg),
     )
 
 
@@ -220,12 +228,14 @@ def after_training(cfg: Any, model: VAE, test_images: torch.Tensor, out_dir: Pat
             latents_per_pass=int(cfg.eval.latents_per_pass),
             mi_batch=cfg.eval.mi_batch,
             on_progress=progress.update,
+            held_out=test_held_out(cfg),
         )
     report = {**evaluation.to_json(), "seconds": round(time.perf_counter() - started, 3)}
     write(out_dir, report, evaluation)
     bound, usage = report["bound"], report["latents"]
+    split = "test" if evaluation.meaning["held_out"] else "test* (not held out: data.train_on=all trained on it)"
     log.info(
-        f"test bound -log p(x) <= {bound['nll_bound_nats']:.2f} +- {bound['nll_bound_se']:.2f} nats (k={k}, "
+        f"{split} bound -log p(x) <= {bound['nll_bound_nats']:.2f} +- {bound['nll_bound_se']:.2f} nats (k={k}, "
         f"{bound['images']} images, {evaluation.meaning['nats_are']}), -ELBO {bound['neg_elbo_nats']:.2f}, "
         f"{usage['active_units']} of {usage['latent_size']} active units"
     )
@@ -276,6 +286,10 @@ def meaning_line(setup: dict[str, Any]) -> str:
     line = f"{data}; {setup['likelihood'].replace('_', ' ')} decoder; the nats are a {setup['nats_are']}"
     if setup["nats_are"] == "cross-entropy":
         line += " (a Bernoulli on grey levels), not a log-likelihood: not comparable with published figures"
+    if setup["nats_are"] == "log-density":
+        line += " of pixel values on [0, 1], not a probability of 8-bit images: no bits/dim"
+    if not setup.get("held_out", True):
+        line += "; not held out: the model trained on these images"
     return line
 
 
@@ -284,31 +298,46 @@ def summary_rows(evaluation: Evaluation) -> list[tuple[str, str, str, str]]:
     bound, usage = evaluation.bound.summary(), evaluation.latents.summary()
     collapsed = [str(row["dim"]) for row in evaluation.dimension_rows() if row["collapsed"]]
     latent_size = usage["latent_size"]
+
+    def bits(value: float | None) -> str:
+        return "" if value is None else f"{value:.4f}"
+
     return [
         (
             f"-ELBO (mean over the {bound['k']} draws)",
             f"{bound['neg_elbo_nats']:.2f}",
             f"{bound['neg_elbo_se']:.2f}",
-            f"{bound['neg_elbo_bits_per_dim']:.4f}",
+            bits(bound["neg_elbo_bits_per_dim"]),
         ),
         (
             f"-IWAE_{bound['k']}: -log p(x) <= this",
             f"{bound['nll_bound_nats']:.2f}",
             f"{bound['nll_bound_se']:.2f}",
-            f"{bound['nll_bound_bits_per_dim']:.4f}",
+            bits(bound["nll_bound_bits_per_dim"]),
         ),
         ("reconstruction -E_q log p(x|z)", f"{bound['recon_nats']:.2f}", "", ""),
         ("KL(q(z|x) || p(z))", f"{bound['kl_nats']:.2f}", "", ""),
         (
-            f"I(x; z) under q (at most log {evaluation.latents.mixture_size:,} = "
+            f"I(x; z) under q, sampled log q(z|x) (at most log {evaluation.latents.mixture_size:,} = "
             f"{usage['mutual_information_max_nats']:.2f})",
+            f"{usage['mutual_information_bounded_nats']:.2f}",
+            "",
+            "",
+        ),
+        (
+            "I(x; z) under q, He et al. 2019 (analytic entropy, no upper limit)",
             f"{usage['mutual_information_nats']:.2f}",
             "",
             "",
         ),
-        ("active units (Cov_x E[z|x] > 0.01)", f"{usage['active_units']} of {latent_size}", "", ""),
         (
-            "collapsed onto the prior (KL < 0.01 nats)",
+            "active units (Cov_x E[z|x] > 0.01: the decoder can read them)",
+            f"{usage['active_units']} of {latent_size}",
+            "",
+            "",
+        ),
+        (
+            "collapsed onto the prior (KL < 0.01 nats, not active)",
             f"{len(collapsed)} of {latent_size}",
             "",
             ",".join(collapsed[:12]) + (" ..." if len(collapsed) > 12 else ""),
@@ -326,7 +355,8 @@ def print_evaluation(console, evaluation: Evaluation, source: str) -> None:
     from rich.table import Table
 
     setup = evaluation.meaning
-    title = f"{source}: {setup['split']} split, {setup['images']:,} images, k={setup['k']}"
+    split = setup["split"] if setup.get("held_out", True) else f"{setup['split']}* (not held out)"
+    title = f"{source}: {split} split, {setup['images']:,} images, k={setup['k']}"
     table = Table(title=escape(title), caption=escape(meaning_line(setup)))
     for column in ("figure", "nats", "± s.e.", "bits/dim"):
         table.add_column(column, justify="left" if column == "figure" else "right", no_wrap=column != "figure")

@@ -186,9 +186,10 @@ class LatentUsage:
     kl_per_dim: torch.Tensor  # nats
     mean_variance: torch.Tensor  # Cov_x(E_q[z_u|x]), the variance over images of each posterior mean
     active: torch.Tensor  # bool
-    collapsed: torch.Tensor  # bool
-    mutual_information: float  # nats
-    mixture_size: int  # images per mixture in the I(x; z) estimate, whose ceiling is log(mixture_size)
+    collapsed: torch.Tensor  # bool: KL < 0.01 nats and not active (the two never hold together)
+    mutual_information: float  # nats, He et al.'s estimate (analytic entropy): not bounded by log(mixture_size)
+    mixture_size: int  # images per mixture in the I(x; z) estimates
+    mutual_information_bounded: float = math.nan  # nats, from sampled log q(z|x): at most log(mixture_size)
 
     @property
     def active_units(self) -> int:
@@ -201,7 +202,8 @@ class LatentUsage:
             "collapsed_dims": int(self.collapsed.sum()),
             "kl_nats": float(self.kl_per_dim.sum()),
             "mutual_information_nats": self.mutual_information,
-            "mutual_information_max_nats": math.log(self.mixture_size),
+            "mutual_information_bounded_nats": self.mutual_information_bounded,
+            "mutual_information_max_nats": math.log(self.mixture_size),  # the bound of the bounded estimate
         }
 
     def rows(self) -> list[dict[str, float | int | bool]]:
@@ -219,40 +221,57 @@ class LatentUsage:
 
 
 def mixture_log_density(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """log (1/n) sum_j N(z_i; loc_j, diag scale_j^2) for each row z_i, scored in chunks of rows.
+    """log (1/n) sum_j N(z_i; loc_j, diag scale_j^2) for each row z_i, scored in chunks of rows."""
+    return mixture_and_own_log_density(z, loc, scale)[0]
+
+
+def mixture_and_own_log_density(
+    z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mixture's log-density at each z_i, and the log-density of z_i's own component (row i).
 
     The squared distances come from three matrix products (no chunk x n x d tensor); float64 keeps
-    their cancellation harmless even at the smallest posterior scales.
+    their cancellation harmless even at the smallest posterior scales. Both figures are read from the
+    same numbers, so the own component never exceeds the mixture times n, rounding included.
     """
     precision = scale.square().reciprocal()
     weighted_loc = loc * precision
     constant = (loc * weighted_loc).sum(-1) + 2 * scale.log().sum(-1) + loc.shape[-1] * _LOG_2PI
-    parts = []
-    for rows in z.split(MIXTURE_CHUNK):
-        squared = rows.square() @ precision.T - 2 * rows @ weighted_loc.T
-        parts.append(torch.logsumexp(-0.5 * (squared + constant), dim=1))
-    return torch.cat(parts) - math.log(len(loc))
+    mixture, own = [], []
+    for start in range(0, len(z), MIXTURE_CHUNK):
+        rows = z[start : start + MIXTURE_CHUNK]
+        log_density = -0.5 * (rows.square() @ precision.T - 2 * rows @ weighted_loc.T + constant)
+        mixture.append(torch.logsumexp(log_density, dim=1))
+        if len(z) == len(loc):
+            own.append(log_density[torch.arange(len(rows)), torch.arange(start, start + len(rows))])
+    log_n = math.log(len(loc))
+    return torch.cat(mixture) - log_n, torch.cat(own) if own else torch.empty(0, dtype=z.dtype)
 
 
 def mutual_information(
     loc: torch.Tensor, scale: torch.Tensor, generator: torch.Generator | None = None, batch: int | None = None
-) -> float:
-    """He et al.'s estimate of I(x; z) under q, in nats, from posterior parameters (n x d, float64).
+) -> tuple[float, float]:
+    """Two estimates of I(x; z) under q, in nats, from posterior parameters (n x d, float64).
 
     One z_i ~ q(z|x_i) per image; q(z) is the mixture of the batch's q(z|x_j) (``batch=None``: all
-    images). Batch estimates are averaged, weighted by their sizes.
+    images); batch estimates are averaged, weighted by their sizes. He et al. (2019) take
+    E_q[log q(z|x)] in closed form (the analytic entropy): lower variance, but no upper limit, so
+    with near-deterministic codes it can exceed log(batch). The second takes log q(z_i|x_i) at the
+    sampled z_i: since the mixture holds q(z_i|x_i) / batch, each term, and so the estimate, is at
+    most log(batch) (Poole et al. 2019). Returns (He et al.'s, the bounded one).
     """
     loc, scale = loc.double(), scale.double()
     noise = torch.randn(loc.shape, generator=generator, dtype=torch.float64)
     z = loc + scale * noise
     neg_entropy = -(0.5 * (_LOG_2PI + 1) * loc.shape[-1] + scale.log().sum(-1))  # E_q[log q(z|x)], per image
     size = len(loc) if batch is None else batch
-    total = 0.0
+    analytic = bounded = 0.0
     for start in range(0, len(loc), size):
         part = slice(start, start + size)
-        log_qz = mixture_log_density(z[part], loc[part], scale[part])
-        total += float((neg_entropy[part] - log_qz).sum())
-    return total / len(loc)
+        log_qz, log_q_own = mixture_and_own_log_density(z[part], loc[part], scale[part])
+        analytic += float((neg_entropy[part] - log_qz).sum())
+        bounded += float((log_q_own - log_qz).sum())
+    return analytic / len(loc), bounded / len(loc)
 
 
 def latent_usage(
@@ -272,11 +291,14 @@ def latent_usage(
     loc, scale = posterior_parameters(model, images)
     kl_per_dim = kl_to_standard_normal(Normal(loc, scale, validate_args=False)).mean(0)
     mean_variance = loc.var(0)
+    active = mean_variance > active_threshold
+    analytic, bounded = mutual_information(loc, scale, generator, mi_batch)
     return LatentUsage(
         kl_per_dim=kl_per_dim,
         mean_variance=mean_variance,
-        active=mean_variance > active_threshold,
-        collapsed=kl_per_dim < collapse_threshold,
-        mutual_information=mutual_information(loc, scale, generator, mi_batch),
+        active=active,
+        collapsed=(kl_per_dim < collapse_threshold) & ~active,  # a dimension the decoder can read is not collapsed
+        mutual_information=analytic,
         mixture_size=min(len(images), mi_batch or len(images)),
+        mutual_information_bounded=bounded,
     )

@@ -109,18 +109,27 @@ def pixel_distribution(logits: torch.Tensor, likelihood: str) -> distributions.D
 
 
 def is_log_likelihood(likelihood: str, binary_pixels: bool) -> bool:
-    """Whether -log p(x|z) summed over pixels is a log-likelihood in nats or only a cross-entropy.
+    """Whether -log p(x|z) summed over pixels is a log-likelihood of discrete data (a probability).
 
-    A Bernoulli is a density only on {0, 1}; on grey levels no model can score below the
-    summed pixel entropy, so its figures must not be compared with published likelihoods.
+    A Bernoulli is a probability only on {0, 1}; on grey levels no model can score below the
+    summed pixel entropy, so its figures are a cross-entropy, not comparable with published
+    likelihoods. A continuous Bernoulli is a density of pixel values on [0, 1]: a log-density of
+    continuous data, which can be negative, not a probability of 8-bit images.
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {likelihood!r}; expected one of {', '.join(LIKELIHOODS)}")
-    return likelihood == "continuous_bernoulli" or binary_pixels
+    return likelihood == "bernoulli" and binary_pixels
+
+
+def is_density(likelihood: str) -> bool:
+    """A density of continuous pixel values: its nats are no probability, and have no bits per dimension."""
+    return likelihood == "continuous_bernoulli"
 
 
 def nats_label(likelihood: str, binary_pixels: bool) -> str:
-    """'log-likelihood' or 'cross-entropy': the word for every column or table that prints these nats."""
+    """'log-likelihood', 'log-density' or 'cross-entropy': the word for every column or table that prints these nats."""
+    if is_density(likelihood):
+        return "log-density"
     return "log-likelihood" if is_log_likelihood(likelihood, binary_pixels) else "cross-entropy"
 
 

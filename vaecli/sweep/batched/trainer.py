@@ -29,7 +29,14 @@ import torch
 from vaecli.models.likelihoods import logit_gradient, nll_sum
 from vaecli.objectives.beta import EVAL_CHUNK, kl_to_standard_normal, summarize
 from vaecli.objectives.terms import terms_row
-from vaecli.run.bookkeeping import RowClock, Schedule, loss_diverged, weights_diverged
+from vaecli.run.bookkeeping import (
+    RowClock,
+    Schedule,
+    diverged,
+    first_non_finite,
+    loss_diverged,
+    weights_diverged,
+)
 from vaecli.run.schedules import set_lr
 from vaecli.sweep.batched.state import Failure, GroupSettings, Member, MemberResult, StackedState
 
@@ -125,8 +132,10 @@ class StackedTrainer(StackedState):
                 self._emit(i, {"step": step, "epoch": epoch, "split": "train", **terms[i], **timing}, on_row)
         if step in self.schedule.evaluated:
             with clock.evaluation():
-                for i, values in zip(self.running, self.evaluate()):
-                    row = {"step": step, "epoch": epoch, "split": "test", **values}
+                evaluated = dict(zip(self.running, self.evaluate()))
+                self._fail_non_finite_test_rows(step, evaluated, on_failure)
+                for i in self.running:
+                    row = {"step": step, "epoch": epoch, "split": "test", **evaluated[i]}
                     self._emit(i, {**row, **clock.test_row()}, on_row)
         if on_progress is not None:
             losses = {i: terms[i]["loss"] for i in self.running}
@@ -197,11 +206,25 @@ class StackedTrainer(StackedState):
         finite_weights = self._finite_weights()
         failed: dict[int, Failure] = {}
         for slot, i in enumerate(self.running):
-            loss = terms[i]["loss"]
+            loss, broken = terms[i]["loss"], first_non_finite(terms[i])
             if not math.isfinite(loss):
                 failed[i] = Failure(step, loss_diverged(loss, step))
+            elif broken is not None:  # beta=0 keeps the loss finite while the KL is not: no such row is written
+                failed[i] = Failure(step, f"{broken} became {terms[i][broken]} at step {step}; try a smaller train.lr")
             elif not finite_weights[slot]:
                 failed[i] = Failure(step, weights_diverged(step))
+        if failed:
+            self._fail(failed, on_failure)
+
+    def _fail_non_finite_test_rows(
+        self, step: int, rows: dict[int, dict[str, float]], on_failure: FailureHook | None
+    ) -> None:
+        """A member whose test evaluation gives NaN or inf fails with the solo loop's words; no such row is written."""
+        failed = {}
+        for i, row in rows.items():
+            broken = first_non_finite(row)
+            if broken is not None:
+                failed[i] = Failure(step, diverged(step, f"the test evaluation after it gave {broken}={row[broken]}"))
         if failed:
             self._fail(failed, on_failure)
 
