@@ -77,4 +77,4 @@ def test_a_diverging_batched_member_writes_no_non_finite_figure_and_names_the_so
     alone = invoke(runner, "train", *tiny, "train.lr=1e30", f"hydra.run.dir={tmp_path / 'alone'}")
     solo_error = json.loads((tmp_path / "alone" / "result.json").read_text())["error"]
     stacked_error = json.loads((sweep_dir / "beta=0" / "result.json").read_text())["error"]
-    assert alone.exit_code == 1 and solo_error.split("(")[0] == stacked_error.split("(")[0]
+    assert alone.exit_code == 1 and solo_error.split(" gave ")[0] == stacked_error.split(" gave ")[0]

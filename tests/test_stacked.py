@@ -189,7 +189,10 @@ def test_a_diverging_member_fails_alone_and_the_others_carry_on(images):
         group.model.decoder_head.weight[1, 7, 3] = float("nan")  # poison member 1 only
     failures: list[tuple[int, int, str]] = []
     results = group.run(on_failure=lambda i, failure: failures.append((i, failure.step, failure.message)))
-    assert failures == [(1, 1, "loss became nan at step 1; try a smaller train.lr")]
+    solo_words = (
+        "training diverged before the first update (the forward pass of step 1 gave NaN or inf)"  # DivergenceWatch
+    )
+    assert failures == [(1, 1, f"{solo_words}: the weights became NaN, inf or too large; try a smaller train.lr")]
     assert [r.status for r in results] == ["ok", "failed", "ok"]
     assert results[1].rows == [] and group.running == [0, 2]
     assert math.isnan(float(group.member_state_dict(1)["decoder.head.weight"][3, 7]))
@@ -205,7 +208,7 @@ def test_a_group_whose_members_all_diverge_stops(images):
     results = group.run()
     assert [r.status for r in results] == ["failed", "failed"]
     assert group.running == [] and group.step < 64
-    assert all("at step" in r.failure.message for r in results)
+    assert all("training diverged at the update of step" in r.failure.message for r in results)
 
 
 def test_member_batches_follow_their_solo_order_across_epochs(images):

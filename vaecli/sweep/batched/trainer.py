@@ -60,6 +60,9 @@ class StackedTrainer(StackedState):
         self.schedule = Schedule(self.settings.steps, self.settings.eval_every)
         self.clock = RowClock(self.position)
         self._eval_noise = self._make_eval_noise()
+        # per stack slot, the first step whose forward pass gave NaN or inf (0: none), as the solo loop's
+        # DivergenceWatch notes it: kept on the device, read only at check steps and before checkpoints
+        self._first_broken = torch.zeros(len(self.members), dtype=torch.int64, device=self.device)
 
     @property
     def seconds(self) -> float:
@@ -159,15 +162,39 @@ class StackedTrainer(StackedState):
         # backprop starts at the logits, as the solo loop's (objectives.beta.backward_beta_elbo)
         pixel_weight = 1.0 / (self.batches.batch_size * logits.shape[-1])
         logits_grad = logit_gradient(logits, x, self.settings.likelihood, pixel_weight)
-        kl_term = (kl * self.kl_weight).sum()
+        weighted_kl = kl * self.kl_weight
+        kl_term = weighted_kl.sum()
         torch.autograd.backward([logits, kl_term], [logits_grad, torch.ones_like(kl_term)])
         self.optimizer.step()
+        self._watch(step, logits, weighted_kl)
         self.position.step = step
         if not check:
             return {}
         with torch.no_grad():
             values = self._terms(logits, x, kl.detach())
         return {i: terms_row(column) for i, column in zip(self.running, values)}
+
+    def _watch(self, step: int, logits: torch.Tensor, weighted_kl: torch.Tensor) -> None:
+        """The solo loop's divergence watch for every member: the sum of its logits and weighted KL terms."""
+        totals = logits.detach().sum((1, 2)).add_(weighted_kl.detach().sum((1, 2)))
+        broken = self._first_broken.eq(0).logical_and_(totals.isfinite().logical_not_())
+        self._first_broken.masked_fill_(broken, step)
+
+    def _broken_forward(self) -> dict[int, Failure]:
+        """Members whose forward pass gave NaN or inf, named as the solo loop names them: by the update before it."""
+        firsts = self._first_broken.tolist()
+        return {
+            self.running[slot]: Failure(
+                self.step, diverged(first - 1, f"the forward pass of step {first} gave NaN or inf")
+            )
+            for slot, first in enumerate(firsts)
+            if first
+        }
+
+    def drop(self, failed: dict[int, Failure]) -> None:
+        keep = [slot for slot, i in enumerate(self.running) if i not in failed]
+        super().drop(failed)
+        self._first_broken = self._first_broken[torch.tensor(keep, dtype=torch.int64, device=self.device)]
 
     def _terms(self, logits: torch.Tensor, x: torch.Tensor, kl: torch.Tensor) -> list[list[float]]:
         """Per member: loss, reconstruction, kl, recon_nats, kl_nats (batch means, seed units and nats)."""
@@ -204,9 +231,11 @@ class StackedTrainer(StackedState):
     # ----- failures -----------------------------------------------------------------------------
     def _fail_non_finite(self, step: int, terms: dict[int, dict[str, float]], on_failure: FailureHook | None) -> None:
         finite_weights = self._finite_weights()
-        failed: dict[int, Failure] = {}
+        failed: dict[int, Failure] = self._broken_forward()
         for slot, i in enumerate(self.running):
             loss, broken = terms[i]["loss"], first_non_finite(terms[i])
+            if i in failed:
+                continue
             if not math.isfinite(loss):
                 failed[i] = Failure(step, loss_diverged(loss, step))
             elif broken is not None:  # beta=0 keeps the loss finite while the KL is not: no such row is written
@@ -235,9 +264,16 @@ class StackedTrainer(StackedState):
         """
         message = weights_diverged(self.step)
         finite = self._finite_weights()
-        broken = [i for slot, i in enumerate(self.running) if not finite[slot]]
-        if broken:
-            self._fail({i: Failure(self.step, message) for i in broken}, on_failure)
+        failed = self._broken_forward()
+        failed.update(
+            {
+                i: Failure(self.step, message)
+                for slot, i in enumerate(self.running)
+                if not finite[slot] and i not in failed
+            }
+        )
+        if failed:
+            self._fail(failed, on_failure)
 
     def _fail(self, failed: dict[int, Failure], on_failure: FailureHook | None) -> None:
         self.drop(failed)
