@@ -71,6 +71,13 @@ class DatasetSpec:
     def where(self, root: Path) -> str:
         return f"{len(IDX_FILES)} verified files under {self.raw_dir(root)}"
 
+    def count(self, root: Path, train: bool) -> int:
+        """Images in a split, from its IDX header (the file already verified by :meth:`ensure`)."""
+        name = f"{'train' if train else 't10k'}-images-idx3-ubyte"
+        path = next(path for path in candidates(self, Path(root).expanduser(), name) if path.is_file())
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as handle:
+            return int.from_bytes(handle.read(8)[4:8], "big")
+
 
 MNIST = DatasetSpec(
     name="mnist",

@@ -8,6 +8,7 @@ folder, then runs the task through Hydra's main, which reaches the loop in one c
 
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from omegaconf import DictConfig
 from vaecli.config import extras
 from vaecli.config.hydra_bridge import compose, has_key, hydra_call, hydra_main, print_config, quote_value
 from vaecli.config.runtime import pick_device
-from vaecli.errors import RunError, Stopped, VaeError, first_line
+from vaecli.errors import RunError, Stopped, UsageError, VaeError, first_line
 from vaecli.run import resume as resuming
 from vaecli.run.signals import STOP, Interrupted, exit_code, signal_name
 from vaecli.run.task import resume_command, task
@@ -87,6 +88,8 @@ def refuse_if_stopped() -> None:
 
 def claim_folder(composed: DictConfig, overrides: Sequence[str]) -> tuple[Path, list[str]]:
     """This run's own folder: the one hydra.run.dir names (if it holds no run yet) or a fresh one."""
+    if not str(composed.hydra.run.dir or "").strip():
+        raise UsageError("hydra.run.dir is empty: name a folder for the run (or leave the default)")
     if has_key(overrides, "hydra.run.dir"):
         return run_folder.claim(Path(composed.hydra.run.dir)), list(overrides)
     run_dir = run_folder.claim_fresh(Path(composed.hydra.run.dir))
@@ -116,4 +119,26 @@ def preflight(configs: Iterable[DictConfig]) -> None:
     for device in sorted({cfg.device for cfg in configs}):
         pick_device(device)
     for name, root in sorted({(cfg.data.name, cfg.data.root) for cfg in configs}):
+        if Path(root).expanduser().exists() and not Path(root).expanduser().is_dir():
+            raise UsageError(f"data.root={root} is a file, not a folder: point data.root at a folder for the datasets")
         ensure_data(name, Path(root))
+    for cfg in configs:
+        check_batch(cfg)
+
+
+def check_batch(cfg: DictConfig) -> None:
+    """A batch no larger than the images it is cut from (it used to be cut down without a word)."""
+    from vaecli.data.registry import DATASETS
+
+    count = getattr(DATASETS.entry(str(cfg.data.name)), "count", None)
+    if count is None:  # a registered dataset that cannot count its images before loading them
+        return
+    root = Path(cfg.data.root).expanduser()
+    images = min(count(root, True), cfg.data.limit or math.inf)
+    if cfg.data.train_on == "all":
+        images += min(count(root, False), cfg.data.test_limit or math.inf)
+    if cfg.train.batch_size > images:
+        raise UsageError(
+            f"train.batch_size={cfg.train.batch_size} is larger than the {int(images)} training images "
+            f"(data={cfg.data.name}, data.limit={cfg.data.limit}): use a batch of at most {int(images)}"
+        )

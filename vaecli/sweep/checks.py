@@ -80,6 +80,7 @@ def check_storage(url: str) -> None:
         from sqlalchemy.engine import make_url
 
         parsed = make_url(url)
+        parsed.get_dialect()  # an unknown database, or one whose driver is not installed
     except Exception:  # sqlalchemy's ArgumentError, or no sqlalchemy: either way unusable
         raise UsageError(f"hydra.sweeper.storage={url} is not a database URL; use e.g. sqlite:///optuna.db") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):

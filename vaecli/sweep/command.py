@@ -32,6 +32,7 @@ from vaecli.errors import Stopped, UsageError, first_line
 from vaecli.run.signals import STOP, Interrupted, exit_code, signal_name
 from vaecli.runfolder import files as run_folder
 from vaecli.runfolder import lock
+from vaecli.sweep import checks
 
 SWEEP_SYNTAX = (",", "range(", "choice(", "glob(", "interval(")
 # an Optuna trial's folder: its number keeps two trials with the same values apart
@@ -104,6 +105,10 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     hydra_part = [*hydra_part, *launcher_preset(launcher, hydra_part)]
     composed = compose([*(item for item in task if not is_sweep(item)), *hydra_part], with_hydra=True)
     sweeper = composed.hydra.runtime.choices.get("hydra/sweeper") or "basic"
+    checks.check_sweep_dir(composed)
+    checks.check_launcher(composed)
+    if sweeper == "optuna":
+        checks.check_optuna(composed)
     if sweeper == "optuna":
         members, (checked, swept) = [], search_probes(task, composed.hydra.sweeper.params)
         total = int(composed.hydra.sweeper.n_trials)
@@ -120,9 +125,6 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
         from vaecli.sweep.batched.groups import check_stackable
 
         check_stackable(configs)
-    max_group = OmegaConf.select(composed, "hydra.launcher.max_group")  # the batched launcher's
-    if max_group is not None and max_group < 1:
-        raise UsageError(f"hydra.launcher.max_group={max_group} is not allowed: a group holds at least 1 member")
     fixed = [override_key(item) for item in task if override_key(item) not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
     if fixed and not has_key(hydra_part, exclude_key):
@@ -240,7 +242,7 @@ def run_sweep(sweep_plan: SweepPlan, overrides: Sequence[str], console: Any) -> 
         command = shlex.join(["vae", "sweep", *again])
         message = f"sweep {sweep_plan.sweep_dir} interrupted by {signal_name(signum)}; continue it with: {command}"
         raise Stopped(message, exit_code(signum))
-    return code
+    return max(code, 1) if launch_error else code  # a sweep whose search or launcher failed never exits 0
 
 
 def write_plan(sweep_plan: SweepPlan) -> None:

@@ -189,6 +189,9 @@ def report(folder: Path, console) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if not member_dirs(folder):  # the launcher gave up before any member began
+        console.print(f"[red]no member of the sweep in {folder} began: nothing to report[/red]")
+        return 1
     result = aggregate(folder)
     table, swept = result.table, result.swept
     figures = draw_all(folder, table, result.long, swept)
