@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vaecli")
 
+MEMBER_LOCK_WAIT_S = 60.0  # a sweep member waits this long for its folder's last holder to end (a stop, a requeue)
+
 config_module.register()  # launchers unpickle `task` in fresh processes: the schema must be known there
 
 
@@ -100,7 +102,7 @@ class Session:
         """Take the folder's lock (`vae train` holds it already); a sweep member whose folder another
         process holds ends "failed" without touching it (its outcome returned), a run is refused."""
         try:
-            lock.acquire(self.out_dir)
+            lock.acquire(self.out_dir, wait_s=MEMBER_LOCK_WAIT_S if self.sweeping else 0.0)
         except lock.FolderBusy as error:
             if not self.sweeping:
                 raise

@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import sys
+import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,13 @@ class FolderBusy(UsageError):
 _held: dict[str, list[int]] = {}  # real path -> [file descriptor, times taken by this process]
 
 
-def acquire(folder: Path, what: str = "run") -> None:
-    """Take ``folder``'s lock for this process, or raise :class:`FolderBusy` without touching the folder."""
+def acquire(folder: Path, what: str = "run", wait_s: float = 0.0) -> None:
+    """Take ``folder``'s lock for this process, or raise :class:`FolderBusy` without touching the folder.
+
+    ``wait_s``: how long to wait for a holder that is about to end (a sweep member run again while
+    the stopped sweep's member still writes its last files, a requeued job beside its dying
+    predecessor); a command a person typed is refused at once.
+    """
     key = os.path.realpath(folder)
     if key in _held:
         _held[key][1] += 1
@@ -41,18 +47,28 @@ def acquire(folder: Path, what: str = "run") -> None:
         descriptor = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as error:
         raise UsageError(f"cannot open the {what} folder {folder}: {error.strerror}") from None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise FolderBusy(
-            f"the {what} folder {folder} is in use by {describe(holder(folder))}; "
-            "wait for it to finish (or stop it) and run this again"
-        ) from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            os.close(descriptor)
+            raise busy(folder, what) from None
     _held[key] = [descriptor, 1]
     note = {"pid": os.getpid(), "host": socket.gethostname(), "command": sys.argv}
     with suppress(OSError):  # a read-only folder: the lock still holds, a refusal just cannot name the holder
         (Path(key) / LOCK_FILE).write_text(json.dumps(note) + "\n")
+
+
+def busy(folder: Path, what: str) -> FolderBusy:
+    return FolderBusy(
+        f"the {what} folder {folder} is in use by {describe(holder(folder))}; "
+        "wait for it to finish (or stop it) and run this again"
+    )
 
 
 def release(folder: Path) -> None:

@@ -123,13 +123,14 @@ class BatchedLauncher(Launcher):
     def lock_members(self, jobs: list[Job]) -> dict[int, JobReturn]:
         """Each member's folder lock for the whole launch; a member whose folder another process holds
         is not run and ends "failed", as under the basic launcher (nothing in its folder touched)."""
+        from vaecli.run.task import MEMBER_LOCK_WAIT_S
         from vaecli.runfolder import lock
 
         busy: dict[int, JobReturn] = {}
         for k, job in enumerate(jobs):
             try:
                 job.out_dir.mkdir(parents=True, exist_ok=True)
-                lock.acquire(job.out_dir)
+                lock.acquire(job.out_dir, wait_s=MEMBER_LOCK_WAIT_S)
             except lock.FolderBusy as error:
                 log.error("member not run: %s", error)
                 outcome = {"status": "failed", "error": f"FolderBusy: {error}"}
