@@ -40,8 +40,11 @@ class Registry(Generic[T]):
         return entry
 
     def unregister(self, name: str) -> None:
+        """Take ``name`` out, its config nodes too: Hydra pickles the whole ConfigStore into every
+        job a launcher submits, and a worker process must be able to import each node's schema."""
         self._entries.pop(name, None)
-        self._schemas.pop(name, None)
+        if self._schemas.pop(name, None) is not None and self.group is not None:
+            unstore_schema(self.group, name)
 
     def schema(self, name: str) -> Any:
         """The config schema ``name`` was registered with (None when it has none)."""
@@ -103,6 +106,17 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.names())
+
+
+def unstore_schema(group: str, name: str) -> None:
+    """Remove what :func:`store_schema` stored (ConfigStore itself has no removal)."""
+    from hydra.core.config_store import ConfigStore
+
+    node = ConfigStore.instance().repo
+    for part in group.split("/"):
+        node = node.get(part, {})
+    for key in (f"{name}_schema.yaml", f"{name}.yaml"):
+        node.pop(key, None)
 
 
 def store_schema(group: str, name: str, schema: Any) -> None:
