@@ -48,6 +48,9 @@ def test_a_second_resume_of_a_training_run_is_refused_and_touches_nothing(tiny, 
         assert_refused_as_busy(second, run_dir, first.pid)
         also_new = vae("train", *fixed, "train.steps=5", f"hydra.run.dir={run_dir}")
         assert also_new.returncode == 2 and "already holds a run" in also_new.stderr
+        evaluating = vae("evaluate", "-c", str(run_dir), "--k", "2", "--n", "8")  # its evaluation.json: one writer
+        assert_refused_as_busy(evaluating, run_dir, first.pid)
+        assert not (run_dir / "evaluation.json").exists()
     finally:
         code, _ = stop(first, signal.SIGINT)
     assert code == 130

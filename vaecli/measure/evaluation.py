@@ -29,6 +29,7 @@ from vaecli.measure.registry import measure_all
 from vaecli.models.likelihoods import is_density, nats_label
 from vaecli.models.mlp import VAE
 from vaecli.runfolder import files as run_folder
+from vaecli.runfolder import lock
 from vaecli.runfolder.checkpoint import Loaded, load_model
 
 log = logging.getLogger("vaecli")
@@ -153,22 +154,23 @@ def evaluate_checkpoint(request: Request) -> list[Path]:
         if value is not None:
             check_count(value, option)
     loaded = load_model(request.checkpoint, request.device)
-    images = run_images(loaded, request.split, request.n, request.data_root)  # before the clock starts
-    started = time.perf_counter()
-    with EvaluationProgress(Console(stderr=True), request.k, enabled=True) as progress:
-        evaluation = evaluate_run(
-            loaded,
-            request.k,
-            request.split,
-            request.n,
-            request.seed,
-            request.latents_per_pass,
-            on_progress=progress.update,
-            images=images,
-        )
-    seconds = round(time.perf_counter() - started, 3)
-    report = {**evaluation.to_json(), "checkpoint": str(loaded.file), "seconds": seconds}
-    paths = write(loaded.run_dir, report, evaluation)
+    with lock.Locked(loaded.run_dir):  # its evaluation.json has one writer: not while the run trains there
+        images = run_images(loaded, request.split, request.n, request.data_root)  # before the clock starts
+        started = time.perf_counter()
+        with EvaluationProgress(Console(stderr=True), request.k, enabled=True) as progress:
+            evaluation = evaluate_run(
+                loaded,
+                request.k,
+                request.split,
+                request.n,
+                request.seed,
+                request.latents_per_pass,
+                on_progress=progress.update,
+                images=images,
+            )
+        seconds = round(time.perf_counter() - started, 3)
+        report = {**evaluation.to_json(), "checkpoint": str(loaded.file), "seconds": seconds}
+        paths = write(loaded.run_dir, report, evaluation)
     print_evaluation(Console(), evaluation, str(loaded.file))
     return paths
 
