@@ -172,6 +172,11 @@ class TrainingDiverged(RunError):
     """The loss became NaN or infinite; the message names the update that broke the model."""
 
 
+def broken_forward(first: int) -> str:
+    """The divergence message when the forward pass of step ``first`` was the first to give NaN or inf."""
+    return diverged(first - 1, f"the forward pass of step {first} gave NaN or inf")
+
+
 def diverged(update: int, symptom: str) -> str:
     """The divergence message: which update broke the weights, and how that showed."""
     culprit = f"at the update of step {update}" if update else "before the first update"
@@ -184,6 +189,52 @@ def loss_diverged(loss: float, step: int) -> str:
 
 def weights_diverged(step: int) -> str:
     return f"weights became non-finite at step {step}; try a smaller train.lr"
+
+
+class DivergenceWatch:
+    """Finds the update that broke a model, exactly, for about one reduction per step.
+
+    The loss is computed only at scheduled steps, so when it shows NaN the update that broke the
+    model may lie many steps back. NaN or inf in any weight reaches the next forward pass (NaN * 0
+    is NaN, and ReLU keeps NaN), and so do finite weights too large to use; so after every update
+    this adds up the logits and the KL term (computed anyway) and notes the first step whose sum is
+    NaN or inf: the update before it broke the model. On a CPU reading that sum costs nothing more;
+    on a GPU the note stays on the device (no host sync per step) and is read only where the loop
+    reads the loss anyway. Cost: benchmarks/divergence_watch.py. With ``members`` it watches each
+    member of a stacked model (one sum each, notes on the device), as its solo loop would.
+    """
+
+    def __init__(self, device: torch.device, on_host: bool | None = None, members: int | None = None):
+        self.on_host = members is None and (device.type == "cpu" if on_host is None else on_host)
+        shape = () if members is None else (members,)
+        self.first: Any = 0 if self.on_host else torch.zeros(shape, dtype=torch.int64, device=device)  # 0: none yet
+
+    def observe(self, step: int, logits: torch.Tensor, kl_term: torch.Tensor) -> None:
+        """One model: the sum of its logits and its weighted KL term."""
+        self.observe_totals(step, logits.detach().sum().add_(kl_term))
+
+    def observe_totals(self, step: int, total: torch.Tensor) -> None:
+        """The step's sum for the model (a scalar) or for each member (a vector)."""
+        if not self.on_host:
+            self.first.masked_fill_(self.first.eq(0).logical_and_(total.isfinite().logical_not_()), step)
+        elif not self.first and not math.isfinite(total.item()):
+            self.first = step
+
+    def firsts(self) -> list[int]:
+        """Per member, the first step whose forward pass gave NaN or inf (0: none)."""
+        return self.first.tolist()
+
+    def select(self, keep: list[int]) -> None:
+        """Keep the notes of these members only (the others left the stacks)."""
+        self.first = self.first[torch.tensor(keep, dtype=torch.int64, device=self.first.device)]
+
+    def check(self, step: int, loss: float) -> None:
+        """Raise :class:`TrainingDiverged` naming the update that broke the model, if one did."""
+        first = int(self.first)
+        if first:
+            raise TrainingDiverged(broken_forward(first))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(loss_diverged(loss, step))
 
 
 def first_non_finite(row: dict[str, Any]) -> str | None:

@@ -11,7 +11,6 @@ a run stopped and continued ends with the weights and metrics.csv of one that ne
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,13 +31,13 @@ from vaecli.objectives.beta import batch_metrics
 from vaecli.objectives.registry import Objective, build_objective
 from vaecli.run.bookkeeping import (
     CheckpointClock,
+    DivergenceWatch,
     Position,
     RowClock,
     Schedule,
     TrainingDiverged,
     diverged,
     first_non_finite,
-    loss_diverged,
     total_steps,
 )
 from vaecli.run.schedules import lr_changes, set_lr
@@ -48,38 +47,6 @@ from vaecli.runfolder.files import CHECKPOINT, METRICS_CSV
 from vaecli.runfolder.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
-
-
-class DivergenceWatch:
-    """Finds the update that broke the model, exactly, for about one reduction per step.
-
-    The loss is computed only at scheduled steps, so when it shows NaN the update that broke the
-    model may lie many steps back. NaN or inf in any weight reaches the next forward pass (NaN * 0
-    is NaN, and ReLU keeps NaN), and so do finite weights too large to use; so after every update
-    this adds up the logits and the KL term (computed anyway) and notes the first step whose sum is
-    NaN or inf: the update before it broke the model. On a CPU reading that sum costs nothing more;
-    on a GPU the note stays on the device (no host sync per step) and is read only where the loop
-    reads the loss anyway. Cost: benchmarks/divergence_watch.py.
-    """
-
-    def __init__(self, device: torch.device, on_host: bool | None = None):
-        self.on_host = device.type == "cpu" if on_host is None else on_host
-        self.first: Any = 0 if self.on_host else torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
-
-    def observe(self, step: int, logits: torch.Tensor, kl_term: torch.Tensor) -> None:
-        total = logits.detach().sum().add_(kl_term)
-        if not self.on_host:
-            self.first.masked_fill_(self.first.eq(0).logical_and_(total.isfinite().logical_not_()), step)
-        elif not self.first and not math.isfinite(total.item()):
-            self.first = step
-
-    def check(self, step: int, loss: float) -> None:
-        """Raise :class:`TrainingDiverged` naming the update that broke the model, if one did."""
-        first = int(self.first)
-        if first:
-            raise TrainingDiverged(diverged(first - 1, f"the forward pass of step {first} gave NaN or inf"))
-        if not math.isfinite(loss):
-            raise TrainingDiverged(loss_diverged(loss, step))
 
 
 def make_optimizer(

@@ -30,8 +30,10 @@ from vaecli.models.likelihoods import logit_gradient, nll_sum
 from vaecli.objectives.beta import EVAL_CHUNK, kl_to_standard_normal, summarize
 from vaecli.objectives.terms import terms_row
 from vaecli.run.bookkeeping import (
+    DivergenceWatch,
     RowClock,
     Schedule,
+    broken_forward,
     diverged,
     first_non_finite,
     loss_diverged,
@@ -58,11 +60,9 @@ class StackedTrainer(StackedState):
         super().__init__(*args, **kwargs)
         self.new_lr = dict(self.settings.lr_changes)
         self.schedule = Schedule(self.settings.steps, self.settings.eval_every)
-        self.clock = RowClock(self.position)
         self._eval_noise = self._make_eval_noise()
-        # per stack slot, the first step whose forward pass gave NaN or inf (0: none), as the solo loop's
-        # DivergenceWatch notes it: kept on the device, read only at check steps and before checkpoints
-        self._first_broken = torch.zeros(len(self.members), dtype=torch.int64, device=self.device)
+        # each member's divergence watch, as its solo loop's: read only at check steps and before checkpoints
+        self.watch = DivergenceWatch(self.device, members=len(self.members))
 
     @property
     def seconds(self) -> float:
@@ -109,7 +109,7 @@ class StackedTrainer(StackedState):
         steps, schedule = self.settings.steps, self.schedule
         if not self.running:
             return self.results
-        self.clock = RowClock(self.position)  # a restore may have put another position in
+        self.clock = RowClock(self.position)  # here, not before: a restore puts the checkpoint's position in
         hooks = (on_row, on_failure, on_progress)
         for step in range(self.step + 1, steps + 1):
             check = schedule.checks(step)
@@ -166,7 +166,7 @@ class StackedTrainer(StackedState):
         kl_term = weighted_kl.sum()
         torch.autograd.backward([logits, kl_term], [logits_grad, torch.ones_like(kl_term)])
         self.optimizer.step()
-        self._watch(step, logits, weighted_kl)
+        self.watch.observe_totals(step, logits.detach().sum((1, 2)).add_(weighted_kl.detach().sum((1, 2))))
         self.position.step = step
         if not check:
             return {}
@@ -174,27 +174,17 @@ class StackedTrainer(StackedState):
             values = self._terms(logits, x, kl.detach())
         return {i: terms_row(column) for i, column in zip(self.running, values)}
 
-    def _watch(self, step: int, logits: torch.Tensor, weighted_kl: torch.Tensor) -> None:
-        """The solo loop's divergence watch for every member: the sum of its logits and weighted KL terms."""
-        totals = logits.detach().sum((1, 2)).add_(weighted_kl.detach().sum((1, 2)))
-        broken = self._first_broken.eq(0).logical_and_(totals.isfinite().logical_not_())
-        self._first_broken.masked_fill_(broken, step)
-
     def _broken_forward(self) -> dict[int, Failure]:
         """Members whose forward pass gave NaN or inf, named as the solo loop names them: by the update before it."""
-        firsts = self._first_broken.tolist()
+        firsts = self.watch.firsts()
         return {
-            self.running[slot]: Failure(
-                self.step, diverged(first - 1, f"the forward pass of step {first} gave NaN or inf")
-            )
-            for slot, first in enumerate(firsts)
-            if first
+            self.running[slot]: Failure(self.step, broken_forward(first)) for slot, first in enumerate(firsts) if first
         }
 
     def drop(self, failed: dict[int, Failure]) -> None:
         keep = [slot for slot, i in enumerate(self.running) if i not in failed]
         super().drop(failed)
-        self._first_broken = self._first_broken[torch.tensor(keep, dtype=torch.int64, device=self.device)]
+        self.watch.select(keep)
 
     def _terms(self, logits: torch.Tensor, x: torch.Tensor, kl: torch.Tensor) -> list[list[float]]:
         """Per member: loss, reconstruction, kl, recon_nats, kl_nats (batch means, seed units and nats)."""
