@@ -16,23 +16,30 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from vaecli.run.signals import STOP
+
 
 def spin() -> None:
     while True:
         pass
 
 
-def steps_per_second(threads: int, steps: int) -> float:
+def steps_per_second(threads: int, steps: int) -> tuple[float, int]:
+    """steps/s at ``threads`` (0: the default, which times the step at each count and keeps the
+    fastest; the probe's own time, about 0.1 s, is not counted), and the count it ran at."""
     import torch
 
     from vaecli.config.hydra_bridge import compose
-    from vaecli.run.loop import train_model
+    from vaecli.config.runtime import threads_for
+    from vaecli.run.loop import Loop
 
-    torch.set_num_threads(threads)
-    cfg = compose([f"train.steps={steps}", "train.progress=false", "train.eval_every=0", "data.train_on=train"])
+    torch.set_num_threads(threads or threads_for(0, None))  # as a run's session sets it
+    overrides = ["train.progress=false", "train.eval_every=0", "data.train_on=train", f"threads={threads}"]
+    cfg = compose([f"train.steps={steps}", *overrides])
     with tempfile.TemporaryDirectory() as folder:
-        result = train_model(cfg, Path(folder), say=lambda message: None)
-    return steps / (result.seconds - result.eval_seconds)
+        loop = Loop(cfg, Path(folder), lambda message: None, None)
+        result = loop.run(None, STOP)
+    return steps / (result.seconds - result.eval_seconds), loop.threads
 
 
 def main() -> None:
@@ -45,20 +52,25 @@ def main() -> None:
     cpus = usable_cpus()
     counts = list(range(1, cpus + 1))
     steps_per_second(1, 20)  # warm-up: data, imports
-    print(f"{cpus} CPUs; the default (threads=0) uses {threads_for(0, None)} threads; seed config, steps/s")
-    print("busy cores | " + " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in counts) + " | default / best")
+    print(f"{cpus} CPUs; seed config, steps/s (median of {args.repeat} runs of {args.steps} steps)")
+    header = " | ".join(f"{n} thread{'s' if n > 1 else ''}" for n in counts)
+    print(f"busy cores | {header} | default threads=0 (chose) | default / best | all cores / best")
     for busy in range(cpus + 1):
         spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(busy)]
         for process in spinners:
             process.start()
         try:
-            rates = [statistics.median(steps_per_second(n, args.steps) for _ in range(args.repeat)) for n in counts]
+            rates = [statistics.median(steps_per_second(n, args.steps)[0] for _ in range(args.repeat)) for n in counts]
+            runs = [steps_per_second(0, args.steps) for _ in range(args.repeat)]
         finally:
             for process in spinners:
                 process.terminate()
-        default = rates[counts.index(threads_for(0, None))]
+        default = statistics.median(rate for rate, _ in runs)
+        chose = "/".join(str(count) for _, count in runs)
+        all_cores = rates[counts.index(threads_for(0, None))]
         cells = " | ".join(f"{rate:.0f}" for rate in rates)
-        print(f"{busy} | {cells} | {default / max(rates):.2f}")
+        best = max(rates)
+        print(f"{busy} | {cells} | {default:.0f} ({chose}) | {default / best:.2f} | {all_cores / best:.2f}")
 
 
 if __name__ == "__main__":

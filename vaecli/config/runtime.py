@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 from vaecli.config.schema import DEVICES
@@ -58,6 +60,52 @@ def threads_for(threads: int, launcher: Any | None) -> int:
     if "cpus_per_task" in launcher and launcher.cpus_per_task:
         return max(1, min(int(launcher.cpus_per_task), cpus))
     return cpus
+
+
+PROBE_ROUNDS = 3  # interleaved rounds over the candidates: a burst of load hits each alike
+PROBE_SECONDS = 0.05  # timed work per candidate and round (at least PROBE_CALLS calls)
+PROBE_CALLS = 3
+
+
+def thread_candidates(most: int) -> list[int]:
+    """1, the powers of two below ``most``, and ``most``: the counts worth timing."""
+    return sorted({1, most} | {2**i for i in range(1, max(1, most.bit_length())) if 2**i < most})
+
+
+def fastest_threads(work: Callable[[], object], most: int) -> tuple[int, dict[int, float]]:
+    """The thread count (1 to ``most``) at which ``work`` runs fastest on this machine now, and the
+    best seconds per call of each count timed.
+
+    Why: torch's default of every core is 2-3x slower than one thread when another process keeps
+    a core busy (benchmarks/thread_load.py), and only on an idle machine do more threads win.
+    Timing the real step beats reading the load average, which lags by a minute and cannot say
+    whether the busy cores are the ones this process may use. Leaves torch's count as it found it.
+    """
+    import torch
+
+    if most <= 1:
+        return 1, {}
+    before = torch.get_num_threads()
+    best: dict[int, float] = {}
+    try:
+        for _ in range(PROBE_ROUNDS):
+            for count in thread_candidates(most):
+                torch.set_num_threads(count)
+                work()  # warm: the pool at this size, the allocator's blocks
+                calls, started = 0, time.perf_counter()
+                while calls < PROBE_CALLS or time.perf_counter() - started < PROBE_SECONDS:
+                    work()
+                    calls += 1
+                seconds = (time.perf_counter() - started) / calls
+                best[count] = min(best.get(count, seconds), seconds)
+    finally:
+        torch.set_num_threads(before)
+    return min(best, key=lambda count: (best[count], -count)), best
+
+
+def describe_probe(chosen: int, best: dict[int, float]) -> str:
+    timed = ", ".join(f"{count}: {seconds * 1000:.2f} ms" for count, seconds in sorted(best.items()))
+    return f"threads=0 chose {chosen} thread(s) by timing the step now ({timed} per step)"
 
 
 _LIBC: Any = None

@@ -144,6 +144,29 @@ def run_images(loaded: Loaded, split: str, n: int | None, data_root: str | None)
     return binarize_split(data.images[:n], str(loaded.config.data.binarize), train=split == "train")
 
 
+def pick_threads(model: VAE, images: torch.Tensor, latents_per_pass: int) -> int:
+    """On the CPU, the thread count at which a slice of the bound runs fastest now (every core is 2-3x
+    slower than one thread when another process keeps a core busy); the figures' last digits can
+    depend on it, as on any change of thread count."""
+    from vaecli.config.runtime import fastest_threads
+
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu":
+        return torch.get_num_threads()
+    sample = images[:1].to(parameter.device)
+
+    def work() -> None:  # one pass of the bound's size: latents_per_pass draws
+        generator = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            importance_weighted_bound(
+                model, sample, latents_per_pass, generator=generator, latents_per_pass=latents_per_pass
+            )
+
+    chosen, _ = fastest_threads(work, torch.get_num_threads())
+    torch.set_num_threads(chosen)
+    return chosen
+
+
 def evaluate_checkpoint(request: Request) -> list[Path]:
     """``vae evaluate``: check the options, evaluate with a progress bar, write the files, print the tables."""
     from rich.console import Console
@@ -156,6 +179,9 @@ def evaluate_checkpoint(request: Request) -> list[Path]:
     loaded = load_model(request.checkpoint, request.device)
     with lock.Locked(loaded.run_dir):  # its evaluation.json has one writer: not while the run trains there
         images = run_images(loaded, request.split, request.n, request.data_root)  # before the clock starts
+        threads = pick_threads(
+            loaded.model, images, request.latents_per_pass or int(loaded.config.eval.latents_per_pass)
+        )
         started = time.perf_counter()
         with EvaluationProgress(Console(stderr=True), request.k, enabled=True) as progress:
             evaluation = evaluate_run(
@@ -169,7 +195,7 @@ def evaluate_checkpoint(request: Request) -> list[Path]:
                 images=images,
             )
         seconds = round(time.perf_counter() - started, 3)
-        report = {**evaluation.to_json(), "checkpoint": str(loaded.file), "seconds": seconds}
+        report = {**evaluation.to_json(), "checkpoint": str(loaded.file), "seconds": seconds, "threads": threads}
         paths = write(loaded.run_dir, report, evaluation)
     print_evaluation(Console(), evaluation, str(loaded.file))
     return paths

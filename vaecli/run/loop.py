@@ -10,6 +10,7 @@ a run stopped and continued ends with the weights and metrics.csv of one that ne
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from vaecli.config.runtime import pick_device
+from vaecli.config.runtime import describe_probe, fastest_threads, pick_device
 from vaecli.config.schema import test_held_out
 from vaecli.data.sources import DataFile
 from vaecli.data.tensors import Batches, Split, batch_binarizer, binarized, load_split, training_set
@@ -139,6 +140,7 @@ class Loop:
         self.position = Position()
         if resume is not None:
             self.restore(resume)
+        self.threads = self.pick_threads(resume)
         keep = self.position.rows if resume else None
         self.metrics = MetricsWriter(
             out_dir / METRICS_CSV, keep=keep, test_held_out=test_held_out(cfg), nats_are=run_nats_label(cfg)
@@ -146,6 +148,40 @@ class Loop:
         self.saved_step = self.position.step if resume else None
         self.clock = RowClock(self.position)
         self.checkpoints = CheckpointClock(cfg.train.checkpoint_every)
+
+    def pick_threads(self, resume: dict[str, Any] | None) -> int:
+        """``threads=0`` on the CPU: the count a run began with when it continues (a different count
+        changes the sums' order, and a resumed run must equal an uninterrupted one bit for bit), else the
+        fastest count now, at most the CPUs this run may use (set by its session)."""
+        most = torch.get_num_threads()
+        if self.cfg.threads or self.device.type != "cpu":
+            return most
+        recorded = resume["training"].get("threads") if resume else None
+        if recorded:
+            torch.set_num_threads(int(recorded))
+            return int(recorded)
+        chosen, best = fastest_threads(self.probe_step(), most)
+        if best:
+            self.say(describe_probe(chosen, best))
+        torch.set_num_threads(chosen)
+        return chosen
+
+    def probe_step(self) -> Callable[[], None]:
+        """A training step's arithmetic on a copy of the model (the run's weights, optimizer and random
+        streams untouched): what :func:`fastest_threads` times."""
+        model = copy.deepcopy(self.model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
+        x = self.images[: self.batches.batch_size]
+        objective = build_objective(self.cfg)
+
+        def step() -> None:
+            with torch.random.fork_rng(devices=[]):
+                q, _, p = model(x)
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward(q, p.logits, x)
+                optimizer.step()
+
+        return step
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Weights, optimizer (its staged lr included), RNG, shuffle and binarizer states and the position."""
@@ -257,7 +293,8 @@ class Loop:
             final=self.final(),
             training=position.checkpoint_block(
                 self.steps, self.batches.epoch(position.step), len(self.images), self.batches.order, position.rows
-            ),
+            )
+            | {"threads": self.threads},
         )
         self.saved_step = position.step
         self.checkpoints.saved()
