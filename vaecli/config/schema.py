@@ -141,6 +141,16 @@ LATER_KEYS = (
 # defaults of later keys that the schema leaves to a config group (a checkpoint from before the registries)
 LATER_DEFAULTS = {"model.name": "mlp", "objective": {"name": "beta"}}
 
+# keys added since runs were first hashed, at the values that mean what a run from before them did:
+# left out of config_hash there, so such a run keeps its hash (and a sweep does not train it again)
+NEUTRAL_VALUES = {
+    "model.name": "mlp",
+    "model.init": "seed",
+    "model.scale": "softplus",
+    "model.output_bias": "zero",
+    "objective.name": "beta",
+}
+
 
 def register() -> None:
     ConfigStore.instance().store(name="vaecli_schema", node=Config)

@@ -35,6 +35,19 @@ def seed_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def glorot_init(module: nn.Module) -> None:
+    """Glorot & Bengio's (2010) uniform init, U(+-sqrt(6 / (fan_in + fan_out))), zero bias: Burda et
+    al.'s (2016) init, as their code (yburda/iwae, nnet.Linear.random) draws it."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+INITS = {"seed": seed_init, "glorot": glorot_init}
+SCALES = ("softplus", "exp")  # how the encoder's raw output becomes the posterior's scale
+OUTPUT_BIASES = ("zero", "data_mean")
+
+
 def mlp(sizes: Sequence[int], activation: str = "relu") -> nn.Sequential:
     """Linear layers with an activation between them (and after the last, since a head follows)."""
     layers: list[nn.Module] = []
@@ -47,17 +60,23 @@ class Encoder(nn.Module):
     """x -> q(z|x), a factorized Normal whose scale is positive by construction."""
 
     def __init__(
-        self, hidden_sizes: Sequence[int], latent_size: int, min_scale: float = 1e-4, activation: str = "relu"
+        self,
+        hidden_sizes: Sequence[int],
+        latent_size: int,
+        min_scale: float = 1e-4,
+        activation: str = "relu",
+        scale: str = "softplus",
     ):
         super().__init__()
         self.body = mlp([IMAGE_SIZE, *hidden_sizes], activation)
         self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else IMAGE_SIZE, 2 * latent_size)
-        self.min_scale = min_scale
+        self.min_scale, self.scale = min_scale, scale
 
     def forward(self, x: torch.Tensor) -> Normal:
         loc, raw_scale = self.head(self.body(x)).chunk(2, dim=-1)
-        # softplus plus a floor: unlike the seed's square(), never exactly zero.
-        return Normal(loc, F.softplus(raw_scale) + self.min_scale, validate_args=False)
+        # softplus plus a floor: unlike the seed's square(), never exactly zero; exp is Burda et al.'s code's
+        positive = F.softplus(raw_scale) if self.scale == "softplus" else raw_scale.exp()
+        return Normal(loc, positive + self.min_scale, validate_args=False)
 
 
 class Decoder(nn.Module):
@@ -84,15 +103,28 @@ class VAE(nn.Module):
         min_scale: float = 1e-4,
         likelihood: str = "bernoulli",
         activation: str = "relu",
+        init: str = "seed",
+        scale: str = "softplus",
+        output_bias: str = "zero",
     ):
         super().__init__()
-        if likelihood not in LIKELIHOODS or activation not in ACTIVATIONS:
-            raise ValueError(f"likelihood {likelihood!r} or activation {activation!r} is not one this model knows")
+        known = likelihood in LIKELIHOODS and activation in ACTIVATIONS and init in INITS
+        if not known or scale not in SCALES or output_bias not in OUTPUT_BIASES:
+            raise ValueError(f"{likelihood!r}, {activation!r}, {init!r}, {scale!r} or {output_bias!r} is not known")
         self.latent_size = latent_size
-        self.likelihood, self.activation = likelihood, activation
-        self.encoder = Encoder(hidden_sizes, latent_size, min_scale, activation)
+        self.likelihood, self.activation, self.output_bias = likelihood, activation, output_bias
+        self.encoder = Encoder(hidden_sizes, latent_size, min_scale, activation, scale)
         self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size, likelihood, activation)
-        self.apply(seed_init)
+        self.apply(INITS[init])
+
+    @torch.no_grad()
+    def initialise_from_data(self, images: torch.Tensor) -> None:
+        """``model.output_bias=data_mean``: the decoder's output bias at the logit of each pixel's mean
+        over the training images, clipped to [0.001, 0.999], so the first steps start from the mean
+        image (Burda et al.'s code, yburda/iwae: datasets.get_train_bias_np); a no-op otherwise."""
+        if self.output_bias == "data_mean":
+            mean = images.float().mean(0).clamp(0.001, 0.999).to(self.decoder.head.bias.device)
+            self.decoder.head.bias.copy_(torch.logit(mean))
 
     def prior(self, batch_shape: Sequence[int] = ()) -> Normal:
         zeros = torch.zeros(*batch_shape, self.latent_size, device=self.decoder.head.weight.device)
@@ -117,6 +149,9 @@ class MlpConfig:
     # or continuous_bernoulli: a normalised density on [0, 1] for grey levels
     likelihood: str = choice(LIKELIHOODS, "bernoulli")
     activation: str = choice(tuple(ACTIVATIONS), "relu")  # or tanh (Burda et al.)
+    init: str = choice(tuple(INITS), "seed")  # or glorot: Glorot & Bengio's uniform (Burda et al.)
+    scale: str = choice(SCALES, "softplus")  # posterior scale = softplus(raw) or exp(raw), + min_scale
+    output_bias: str = choice(OUTPUT_BIASES, "zero")  # or data_mean: logit of the mean training pixel
 
 
 def build_mlp(cfg: Any) -> VAE:
@@ -127,6 +162,9 @@ def build_mlp(cfg: Any) -> VAE:
         min_scale=float(cfg.model.min_scale),
         likelihood=str(cfg.model.likelihood),
         activation=str(cfg.model.activation),
+        init=str(cfg.model.get("init", "seed")),
+        scale=str(cfg.model.get("scale", "softplus")),
+        output_bias=str(cfg.model.get("output_bias", "zero")),
     )
 
 

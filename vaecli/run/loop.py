@@ -27,7 +27,7 @@ from vaecli.data.sources import DataFile
 from vaecli.data.tensors import Batches, Split, batch_binarizer, binarized, load_split, training_set
 from vaecli.models.likelihoods import run_nats_label
 from vaecli.models.mlp import VAE
-from vaecli.models.registry import build_model
+from vaecli.models.registry import build_model, initialise_from_data
 from vaecli.objectives.beta import batch_metrics
 from vaecli.objectives.registry import Objective, build_objective
 from vaecli.run.bookkeeping import (
@@ -126,6 +126,7 @@ class Loop:
         train_images, self.test, self.data_files = load_data(cfg, say)
         self.images, self.test_images = train_images.to(device), self.test.images.to(device)
         self.model = build_model(cfg).to(device)
+        initialise_from_data(self.model, self.images)
         self.objective = build_objective(cfg)
         self.optimizer = make_optimizer(
             self.model, cfg.train.lr, device, tuple(cfg.train.adam_betas), cfg.train.adam_eps

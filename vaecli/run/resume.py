@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vaecli.config.hydra_bridge import compose, has_key, override_key, quote_value
-from vaecli.config.schema import LATER_DEFAULTS
+from vaecli.config.schema import NEUTRAL_VALUES
 from vaecli.errors import UsageError
 from vaecli.runfolder import checkpoint, lock
 from vaecli.runfolder import files as run_folder
@@ -57,11 +57,13 @@ def without(cfg: DictConfig | dict[str, Any], leave_out: Sequence[str]) -> dict[
     for key in leave_out:
         section, _, name = key.rpartition(".")
         (container.get(section, {}) if section else container).pop(name, None)
-    for key, default in LATER_DEFAULTS.items():
+    for key, neutral in NEUTRAL_VALUES.items():
         section, _, name = key.rpartition(".")
         node = container.get(section, {}) if section else container
-        if isinstance(node, dict) and node.get(name) == default:
+        if isinstance(node, dict) and name in node and node[name] == neutral:
             node.pop(name)
+            if section and not node:
+                container.pop(section)
     return container
 
 

@@ -22,7 +22,13 @@ from vaecli.run.schedules import lr_changes
 from vaecli.sweep.batched.trainer import GroupSettings, Member
 
 MEMBER_KEYS = ("beta", "seed", "latent_size")  # may differ inside a group
-STACKED = {"model.name": "mlp", "objective.name": "beta"}  # what the stacked model and trainer implement
+STACKED = {  # what the stacked model and trainer implement
+    "model.name": "mlp",
+    "model.init": "seed",
+    "model.scale": "softplus",
+    "model.output_bias": "zero",
+    "objective.name": "beta",
+}
 
 
 def check_stackable(cfgs: Sequence[Any]) -> None:
