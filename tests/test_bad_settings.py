@@ -129,3 +129,40 @@ def test_data_root_that_is_a_file_an_empty_run_dir_and_a_batch_beyond_the_data(r
     assert "larger than the 512 training images" in batch.stderr
     empty_sweep = invoke(runner, "sweep", *tiny, "beta=0,1", "hydra.sweep.dir=")
     assert_refused(empty_sweep)
+
+
+OBJECTIVES_SHIPPED = ("capacity", "tcvae", "factor", "dip")
+
+
+def objective_keys():
+    for name in OBJECTIVES_SHIPPED:
+        cfg = compose([f"objective={name}"])
+        for key, value in leaves(cfg.objective, "objective."):
+            yield name, key, bad_value(key, value)
+
+
+@pytest.mark.parametrize(("name", "key", "value"), list(objective_keys()))
+def test_every_objective_setting_with_a_bad_value_is_refused_before_any_folder(
+    runner, tiny, tmp_path, name, key, value
+):
+    run_dir = tmp_path / "run"
+    result = invoke(runner, "train", *tiny, f"objective={name}", f"{key}={value}", f"hydra.run.dir={run_dir}")
+    assert_refused(result, run_dir)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["objective=nonesuch"], "beta, capacity, dip, factor, tcvae"),
+        (["objective=tcvae", "train.batch_size=1"], "train.batch_size=2 or more"),
+        (["objective=factor", "latent_size=1"], "latent_size=2 or more"),
+        (["objective=capacity", "objective.c_max=-1"], "objective.c_max"),
+        (["objective.free_bits=-0.5"], "objective.free_bits"),
+        (["objective.warmup_steps=10", "objective.cycles=2"], "set one of them"),
+    ],
+)
+def test_objective_settings_that_cannot_work_together_are_refused(runner, tiny, tmp_path, overrides, says):
+    run_dir = tmp_path / "run"
+    result = invoke(runner, "train", *tiny, *overrides, f"hydra.run.dir={run_dir}")
+    assert_refused(result, run_dir)
+    assert says in result.stderr

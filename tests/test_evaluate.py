@@ -91,13 +91,13 @@ def dynamic_run(tmp_path_factory, runner, tiny):
     run_dir = tmp_path_factory.mktemp("dynamic") / "run"
     batches, test_sets = [], []
 
-    def backward(self, q, logits, x, *args):
+    def backward(self, q, logits, x, *args, **kwargs):
         batches.append(x.clone())
-        return backward_beta_elbo(self, q, logits, x, *args)
+        return backward_beta_elbo(self, q, logits, x, *args, **kwargs)
 
-    def evaluate(self, model, images, *args):
+    def evaluate(self, model, images, *args, **kwargs):
         test_sets.append(images.clone())
-        return original_evaluate(self, model, images, *args)
+        return original_evaluate(self, model, images, *args, **kwargs)
 
     backward_beta_elbo, original_evaluate = BetaElbo.backward, BetaElbo.evaluate
     overrides = ["train.steps=20", "train.shuffle=false", "data.binarize=dynamic", "eval.iwae_k=10"]

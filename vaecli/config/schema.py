@@ -149,6 +149,9 @@ NEUTRAL_VALUES = {
     "model.scale": "softplus",
     "model.output_bias": "zero",
     "objective.name": "beta",
+    "objective.warmup_steps": 0,
+    "objective.cycles": 0,
+    "objective.free_bits": 0.0,
 }
 
 

@@ -7,7 +7,7 @@ reported so runs compare with the seed and with the literature.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from torch.distributions import Normal
 
 from vaecli.config.schema import choice
 from vaecli.models.likelihoods import logit_gradient, nll_sum
+from vaecli.objectives.annealing import KlScheduleConfig, check_schedule, kl_weight, schedules_kl
 from vaecli.objectives.registry import OBJECTIVES
 from vaecli.objectives.terms import terms_row
 
@@ -36,6 +37,7 @@ class Terms:
     kl: torch.Tensor  # mean over batch and latent dims (the seed's units)
     recon_nats: torch.Tensor  # per image, summed over pixels
     kl_nats: torch.Tensor  # per image, summed over latent dims
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # an objective's own terms, by column
 
     @property
     def neg_elbo_nats(self) -> torch.Tensor:
@@ -43,17 +45,29 @@ class Terms:
 
 
 def backward_beta_elbo(
-    q: Normal, logits: torch.Tensor, x: torch.Tensor, beta: float, likelihood: str = "bernoulli"
+    q: Normal,
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    beta: float,
+    likelihood: str = "bernoulli",
+    weight: float = 1.0,
+    free_bits: float = 0.0,
 ) -> torch.Tensor:
     """Accumulate the gradient of ``elbo_terms(...).loss`` without computing its value.
 
     Backprop starts at the logits (:func:`vaecli.models.likelihoods.logit_gradient`); this skips
     the log/exp over every pixel that only logging needs (at scheduled steps), about a tenth of a
     training step on a CPU. Tests check it against autograd. Returns the batch's weighted KL term
-    (computed anyway), detached, for finiteness checks.
+    (computed anyway), detached, for finiteness checks. ``weight`` (warm-up) and ``free_bits``
+    (:mod:`vaecli.objectives.annealing`) change the KL term only; at 1 and 0 it is the seed's, bit for bit.
     """
     logits_grad = logit_gradient(logits, x, likelihood, 1.0 / (x.shape[0] * x.shape[-1]))
-    kl_term = (beta / q.loc.numel()) * kl_to_standard_normal(q).sum()
+    if free_bits:
+        kl_term = (beta * weight / q.loc.shape[-1]) * kl_to_standard_normal(q).mean(0).clamp(min=free_bits).sum()
+    elif weight != 1.0:
+        kl_term = (beta * weight / q.loc.numel()) * kl_to_standard_normal(q).sum()
+    else:
+        kl_term = (beta / q.loc.numel()) * kl_to_standard_normal(q).sum()
     torch.autograd.backward([logits, kl_term], [logits_grad, torch.ones_like(kl_term)])
     return kl_term.detach()
 
@@ -67,9 +81,11 @@ def elbo_terms(q: Normal, logits: torch.Tensor, x: torch.Tensor, beta: float, li
 
 
 def batch_metrics(terms: Terms) -> dict[str, float]:
-    """A metrics row's values for one batch: one device-to-host copy for all five terms."""
-    values = torch.stack([terms.loss, terms.reconstruction, terms.kl, terms.recon_nats, terms.kl_nats]).tolist()
-    return terms_row(values)
+    """A metrics row's values for one batch: one device-to-host copy for all five terms and the extras."""
+    names = list(terms.extra)
+    own = [torch.as_tensor(terms.extra[name], dtype=terms.loss.dtype, device=terms.loss.device) for name in names]
+    values = torch.stack([terms.loss, terms.reconstruction, terms.kl, terms.recon_nats, terms.kl_nats, *own]).tolist()
+    return {**terms_row(values[:5]), **dict(zip(names, values[5:]))}
 
 
 def summarize(recon_nats: float, kl_nats: float, pixels: int, latent_size: int, beta: float) -> dict[str, float]:
@@ -94,26 +110,64 @@ def evaluate(model, images: torch.Tensor, beta: float, seed: int) -> dict[str, f
 
 
 @dataclass
-class BetaConfig:
+class BetaConfig(KlScheduleConfig):
     """``objective=beta`` (conf/objective/beta.yaml): the seed's beta-ELBO; its weight is the top-level ``beta``."""
 
     name: str = choice(("beta",), "beta")
 
 
 class BetaElbo:
-    """reconstruction + beta * KL in the seed's per-dimension units (beta from the config's ``beta``)."""
+    """reconstruction + beta * KL in the seed's per-dimension units (beta from the config's ``beta``),
+    with warm-up, cycles and free bits on the KL term when set (at their defaults: the seed's loss)."""
 
     def __init__(self, cfg: Any):
         self.beta, self.likelihood = float(cfg.beta), str(cfg.model.likelihood)
+        objective = cfg.get("objective") or {}
+        self.warmup_steps, self.cycles = int(objective.get("warmup_steps", 0)), int(objective.get("cycles", 0))
+        self.free_bits = float(objective.get("free_bits", 0.0))
+        self.scheduled = bool(self.warmup_steps or self.cycles)
+        self.columns = self.columns_for(cfg)
+        self.total_steps = 1
 
-    def backward(self, q: Normal, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return backward_beta_elbo(q, logits, x, self.beta, self.likelihood)
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        check_schedule(cfg)
 
-    def terms(self, q: Normal, logits: torch.Tensor, x: torch.Tensor) -> Terms:
-        return elbo_terms(q, logits, x, self.beta, self.likelihood)
+    @classmethod
+    def columns_for(cls, cfg: Any) -> tuple[str, ...]:
+        return ("kl_weight",) if schedules_kl(cfg) else ()
 
-    def evaluate(self, model: Any, images: torch.Tensor, seed: int) -> dict[str, float]:
-        return evaluate(model, images, self.beta, seed)
+    def start(self, examples: int, total_steps: int, device: Any = None) -> None:
+        self.total_steps = total_steps
+
+    def weight(self, step: int) -> float:
+        return kl_weight(step, self.total_steps, self.warmup_steps, self.cycles) if self.scheduled else 1.0
+
+    def backward(self, q: Normal, logits: torch.Tensor, x: torch.Tensor, *, z=None, step: int = 1) -> torch.Tensor:
+        return backward_beta_elbo(q, logits, x, self.beta, self.likelihood, self.weight(step), self.free_bits)
+
+    def terms(self, q: Normal, logits: torch.Tensor, x: torch.Tensor, *, z=None, step: int = 1) -> Terms:
+        terms = elbo_terms(q, logits, x, self.beta, self.likelihood)
+        if self.scheduled or self.free_bits:
+            kl_dims = kl_to_standard_normal(q)
+            kl = kl_dims.mean(0).clamp(min=self.free_bits).sum() if self.free_bits else terms.kl_nats
+            terms.loss = terms.reconstruction + self.beta * self.weight(step) * kl / q.loc.shape[-1]
+        if self.scheduled:
+            terms.extra["kl_weight"] = torch.tensor(self.weight(step))
+        return terms
+
+    def evaluate(self, model: Any, images: torch.Tensor, seed: int, step: int = 1) -> dict[str, float]:
+        row = evaluate(model, images, self.beta, seed)
+        if self.scheduled:  # the test loss at this step's weight (free bits: a batch notion, not applied)
+            row["loss"] = row["reconstruction"] + self.beta * self.weight(step) * row["kl"]
+            row["kl_weight"] = self.weight(step)
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing of its own to restore."""
 
 
 OBJECTIVES.register("beta", BetaElbo, schema=BetaConfig)

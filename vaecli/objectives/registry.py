@@ -4,7 +4,11 @@ An objective is built from a run's config and gives the loop three things: ``bac
 accumulates the gradient of its loss for one batch (returning the batch's KL term, detached, for
 the divergence watch), ``terms(q, logits, x)`` the batch's row terms (:class:`vaecli.objectives.beta.Terms`,
 ``loss`` in the objective's own units, the ELBO columns in nats per image), and
-``evaluate(model, images, seed)`` a test row over a whole split. See docs/extending.md.
+``evaluate(model, images, seed, step)`` a test row over a whole split. ``z`` is the batch's codes
+and ``step`` the 1-based step. Optional: ``columns`` (its own terms, extra metrics columns),
+``start(examples, total_steps, device)`` before the first step, ``state_dict()`` and
+``load_state_dict()`` for what it keeps between steps (a checkpoint holds it), and a classmethod
+``check(cfg)`` run before anything is written. See docs/extending.md.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from vaecli.registry import Registry
 
 
 class Objective(Protocol):
-    def backward(self, q: Normal, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
+    columns: tuple[str, ...]  # its own terms' metrics columns, after the ELBO columns
 
-    def terms(self, q: Normal, logits: torch.Tensor, x: torch.Tensor) -> Any: ...
+    def backward(self, q: Normal, logits: torch.Tensor, x: torch.Tensor, *, z: torch.Tensor, step: int) -> Any: ...
 
-    def evaluate(self, model: torch.nn.Module, images: torch.Tensor, seed: int) -> dict[str, float]: ...
+    def terms(self, q: Normal, logits: torch.Tensor, x: torch.Tensor, *, z: torch.Tensor, step: int) -> Any: ...
+
+    def evaluate(self, model: torch.nn.Module, images: torch.Tensor, seed: int, step: int) -> dict[str, float]: ...
 
 
 OBJECTIVES: Registry[Callable[[Any], Objective]] = Registry(
@@ -35,3 +41,30 @@ def build_objective(cfg: Any) -> Objective:
     """The objective a run's config names (a config from before the registry trains the beta-ELBO)."""
     name = str(cfg.objective.name) if "objective" in cfg else "beta"
     return OBJECTIVES.entry(name)(cfg)
+
+
+def objective_class(cfg: Any) -> Any:
+    return OBJECTIVES.entry(str(cfg.objective.name) if "objective" in cfg else "beta")
+
+
+def objective_columns(cfg: Any) -> tuple[str, ...]:
+    """The metrics columns an objective adds (known from the config, before anything is built)."""
+    columns_for = getattr(objective_class(cfg), "columns_for", None)
+    return tuple(columns_for(cfg)) if columns_for is not None else ()
+
+
+def check_objective(cfg: Any) -> None:
+    """The objective's own checks of settings that only make sense together (one line, before any write)."""
+    check = getattr(objective_class(cfg), "check", None)
+    if check is not None:
+        check(cfg)
+
+
+def start_objective(objective: Any, examples: int, total_steps: int, device: torch.device) -> None:
+    start = getattr(objective, "start", None)
+    if start is None:
+        return
+    try:
+        start(examples, total_steps, device)
+    except TypeError:  # an objective whose start() takes no device
+        start(examples, total_steps)

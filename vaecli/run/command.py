@@ -112,6 +112,7 @@ def stopped(run_dir: Path, signum: int) -> Stopped:
 def preflight(configs: Iterable[DictConfig]) -> None:
     """Device and data checked before Hydra makes folders: a run that cannot start leaves none behind."""
     from vaecli.data.sources import ensure_data
+    from vaecli.objectives.registry import check_objective
 
     configs = list(configs)
     if any(cfg.logger.name == "tensorboard" for cfg in configs):
@@ -124,6 +125,7 @@ def preflight(configs: Iterable[DictConfig]) -> None:
         ensure_data(name, Path(root))
     for cfg in configs:
         check_batch(cfg)
+        check_objective(cfg)
 
 
 def check_batch(cfg: DictConfig) -> None:

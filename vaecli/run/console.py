@@ -62,6 +62,9 @@ class TrainingProgress:
             self.bar.stop()
 
 
+NOT_TERMS = ("step", "epoch", "split", "held_out", "images_per_s", "seconds", "eval_seconds", "nats_are")
+
+
 def print_summary(
     console: Any, final: dict[str, dict[str, float]], out_dir: Path, steps: int, seconds: float, held_out: bool = True
 ) -> None:
@@ -80,4 +83,15 @@ def print_summary(
         label = split if held_out or split != "test" else "test*"
         table.add_row(label, *(f"{row[c]:.4f}" if c in SEED_UNIT_TERMS else f"{row[c]:.2f}" for c in TERM_NAMES))
     console.print(table)
+    first = next(iter(final.values()), {})
+    own = [key for key in first if key not in TERM_NAMES and key not in NOT_TERMS]  # the objective's own terms
+    if own:
+        terms = Table(title="the objective's own terms (*_nats: nats per image)")
+        terms.add_column("split")
+        for column in own:
+            terms.add_column(column, justify="right", no_wrap=True)
+        for split, row in final.items():
+            label = split if held_out or split != "test" else "test*"
+            terms.add_row(label, *(f"{row[c]:.4g}" if isinstance(row.get(c), float) else "" for c in own))
+        console.print(terms)
     console.print(f"run folder: [bold]{out_dir}[/bold]")

@@ -29,7 +29,7 @@ from vaecli.models.likelihoods import run_nats_label
 from vaecli.models.mlp import VAE
 from vaecli.models.registry import build_model, initialise_from_data
 from vaecli.objectives.beta import batch_metrics
-from vaecli.objectives.registry import Objective, build_objective
+from vaecli.objectives.registry import Objective, build_objective, start_objective
 from vaecli.run.bookkeeping import (
     CheckpointClock,
     DivergenceWatch,
@@ -137,6 +137,7 @@ class Loop:
         self.batches = Batches(self.images, cfg.train.batch_size, cfg.train.shuffle, self.shuffler, self.binarizer)
         self.steps = total_steps(cfg, len(self.images))
         self.new_lr = lr_changes(cfg.train, self.batches.per_epoch, self.steps)  # {step: lr} where a stage starts
+        start_objective(self.objective, len(self.images), self.steps, device)
         self.schedule = Schedule(self.steps, cfg.train.eval_every)
         self.position = Position()
         if resume is not None:
@@ -144,7 +145,11 @@ class Loop:
         self.threads = self.pick_threads(resume)
         keep = self.position.rows if resume else None
         self.metrics = MetricsWriter(
-            out_dir / METRICS_CSV, keep=keep, test_held_out=test_held_out(cfg), nats_are=run_nats_label(cfg)
+            out_dir / METRICS_CSV,
+            keep=keep,
+            test_held_out=test_held_out(cfg),
+            nats_are=run_nats_label(cfg),
+            columns=getattr(self.objective, "columns", ()),
         )
         self.saved_step = self.position.step if resume else None
         self.clock = RowClock(self.position)
@@ -173,13 +178,15 @@ class Loop:
         model = copy.deepcopy(self.model)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
         x = self.images[: self.batches.batch_size]
-        objective = build_objective(self.cfg)
+        with torch.random.fork_rng(devices=[]):  # a discriminator's init draws random numbers
+            objective = build_objective(self.cfg)
+        start_objective(objective, len(self.images), self.steps, self.device)
 
         def step() -> None:
             with torch.random.fork_rng(devices=[]):
-                q, _, p = model(x)
+                q, z, p = model(x)
                 optimizer.zero_grad(set_to_none=True)
-                objective.backward(q, p.logits, x)
+                objective.backward(q, p.logits, x, z=z, step=1)
                 optimizer.step()
 
         return step
@@ -190,6 +197,8 @@ class Loop:
         position = Position.from_checkpoint(state, len(self.images))
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        if hasattr(self.objective, "load_state_dict"):  # a FactorVAE's discriminator and its Adam
+            self.objective.load_state_dict(payload.get("objective") or {})
         torch.set_rng_state(rng["torch"])
         self.shuffler.set_state(rng["shuffle"])
         if self.binarizer is not None:
@@ -218,13 +227,13 @@ class Loop:
                 if step in self.new_lr:
                     set_lr(optimizer, self.new_lr[step])
                 x = batches.batch(step)
-                q, _, p = model(x)
+                q, z, p = model(x)
                 optimizer.zero_grad(set_to_none=True)
-                kl_term = objective.backward(q, p.logits, x)
+                kl_term = objective.backward(q, p.logits, x, z=z, step=step)
                 optimizer.step()
                 self.watch.observe(step, p.logits, kl_term)
                 if schedule.checks(step):
-                    self.record(step, q, p.logits, x, on_progress)
+                    self.record(step, q, z, p.logits, x, on_progress)
                 position.step = step
                 now = time.perf_counter()
                 if stop.requested(now):
@@ -253,11 +262,13 @@ class Loop:
             start,
         )
 
-    def record(self, step: int, q, logits: torch.Tensor, x: torch.Tensor, on_progress: ProgressHook | None) -> None:
+    def record(
+        self, step: int, q, z: torch.Tensor, logits: torch.Tensor, x: torch.Tensor, on_progress: ProgressHook | None
+    ) -> None:
         """The scheduled work of a step: its train row, a test evaluation, the progress bar."""
         batch_size, clock = self.batches.batch_size, self.clock
         with torch.no_grad():
-            terms = self.objective.terms(q, logits, x)
+            terms = self.objective.terms(q, logits, x, z=z, step=step)
         loss = float(terms.loss)
         self.watch.check(step, loss)
         now = time.perf_counter()
@@ -292,6 +303,7 @@ class Loop:
             step=position.step,
             rng=self.rng_state(),
             final=self.final(),
+            objective=self.objective.state_dict() if hasattr(self.objective, "state_dict") else None,
             training=position.checkpoint_block(
                 self.steps, self.batches.epoch(position.step), len(self.images), self.batches.order, position.rows
             )
@@ -328,7 +340,7 @@ def test_row(
 ) -> dict[str, Any]:
     """A metrics row for the whole test split, in eval mode; NaN or inf is divergence, never a row."""
     model.eval()
-    row = {"step": step, "epoch": epoch, "split": "test", **objective.evaluate(model, images, seed)}
+    row = {"step": step, "epoch": epoch, "split": "test", **objective.evaluate(model, images, seed, step)}
     model.train()
     broken = first_non_finite(row)
     if broken is not None:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from vaecli.config.hydra_bridge import compose, has_key, override_key, quote_value
 from vaecli.config.schema import NEUTRAL_VALUES
 from vaecli.errors import UsageError
+from vaecli.objectives.registry import objective_columns
 from vaecli.runfolder import checkpoint, lock
 from vaecli.runfolder import files as run_folder
 from vaecli.runfolder.metrics import kept_rows
@@ -125,7 +126,8 @@ def checked(run_dir: Path, file: Path, overrides: Sequence[str]) -> tuple[list[s
     composed = compose(merged)
     refuse_changes(stored, composed, given)
     total, step = total_steps(composed, state["images"]), int(payload["step"])
-    kept_rows(run_dir / run_folder.METRICS_CSV, int(state["position"]["rows"]))  # damage refused before any write
+    own = objective_columns(composed)
+    kept_rows(run_dir / run_folder.METRICS_CSV, int(state["position"]["rows"]), own)  # damage refused before any write
     if total < step:
         raise UsageError(f"the run reached step {step}, past the {total} steps asked for; a run cannot be shortened")
     done = run_folder.read_result(run_dir) or {}

@@ -21,7 +21,8 @@ from vaecli.runfolder.files import TB_DIR
 from vaecli.runfolder.metrics import METRIC_COLUMNS
 
 # metrics-row keys written as scalars, each as "<split>/<key>": every column but the row's place
-SCALAR_KEYS = tuple(c for c in METRIC_COLUMNS if c not in ("step", "epoch", "split", "held_out", "nats_are"))
+PLACE_KEYS = ("step", "epoch", "split", "held_out", "nats_are")  # where a row is, not what it measures
+SCALAR_KEYS = tuple(c for c in METRIC_COLUMNS if c not in PLACE_KEYS)  # an objective's own terms follow them
 HParamValue = float | int | str
 # a run's outcome -> the HParams session status (an interrupted run may still be continued)
 SESSION_STATUS = {"ok": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "interrupted": "STATUS_UNKNOWN"}
@@ -34,7 +35,7 @@ def scalar_tags(row: Mapping[str, Any]) -> dict[str, float]:
     """
     split = row["split"]
     tags = {}
-    for key in SCALAR_KEYS:
+    for key in [*SCALAR_KEYS, *(key for key in row if key not in SCALAR_KEYS and key not in PLACE_KEYS)]:
         value = row.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue

@@ -67,6 +67,7 @@ def save(
     rng: dict[str, Any],
     final: dict | None = None,
     training: dict | None = None,
+    objective: dict | None = None,
 ) -> None:
     """Write a checkpoint; ``training`` (the loop's position, from :mod:`vaecli.run.loop`) lets a run continue."""
     if not weights_are_finite(model):
@@ -82,6 +83,8 @@ def save(
         "final": final or {},
         "training": to_cpu(training),
     }
+    if objective:  # what an objective keeps between steps (FactorVAE's discriminator and its Adam)
+        payload["objective"] = to_cpu(objective)
     atomic_save(payload, path)
 
 

@@ -25,6 +25,12 @@ METRIC_COLUMNS = [
 TIMING_COLUMNS = ("images_per_s", "seconds")
 
 
+def metric_columns(own: tuple[str, ...] = ()) -> list[str]:
+    """metrics.csv's columns with an objective's own terms after the ELBO columns."""
+    at = METRIC_COLUMNS.index("images_per_s")
+    return [*METRIC_COLUMNS[:at], *own, *METRIC_COLUMNS[at:]]
+
+
 def parse_row(row: dict[str, str]) -> dict[str, Any]:
     """A metrics.csv row read back, typed as the loop wrote it."""
     typed: dict[str, Any] = {}
@@ -38,7 +44,7 @@ def parse_row(row: dict[str, str]) -> dict[str, Any]:
     return typed
 
 
-def kept_rows(path: Path, keep: int) -> tuple[list[dict[str, Any]], bytes]:
+def kept_rows(path: Path, keep: int, own: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], bytes]:
     """The first ``keep`` rows of a stopped run's metrics.csv (those its checkpoint counted), and their bytes.
 
     Reads only, so `vae train --resume` checks them before anything is written. Rows past them (a
@@ -59,7 +65,7 @@ def kept_rows(path: Path, keep: int) -> tuple[list[dict[str, Any]], bytes]:
     try:
         reader = csv.DictReader(io.StringIO(b"".join(kept).decode()))
         rows = [parse_row(row) for row in reader]
-        if reader.fieldnames != METRIC_COLUMNS or len(rows) != keep or any(None in row for row in rows):
+        if reader.fieldnames != metric_columns(own) or len(rows) != keep or any(None in row for row in rows):
             raise ValueError("columns differ from vaecli's")
     except (ValueError, TypeError, UnicodeDecodeError) as error:
         raise RunError(f"{path}: a row its checkpoint counted is damaged ({first_line(error)}); {advice}") from None
@@ -72,20 +78,29 @@ class MetricsWriter:
     ``keep`` continues a stopped run: its first ``keep`` rows (those its checkpoint counted) stay,
     byte for byte, and any written after the checkpoint are dropped, so no row appears twice.
     ``test_held_out`` is false when the model trained on the test images (``data.train_on=all``);
-    ``nats_are`` says what every row's nats are (a log-likelihood or a cross-entropy).
+    ``nats_are`` says what every row's nats are (a log-likelihood or a cross-entropy); ``columns``
+    are the objective's own terms (``kl_weight``, ``tc_nats``, ...), after the ELBO columns.
     """
 
-    def __init__(self, path: Path, keep: int | None = None, test_held_out: bool = True, nats_are: str = ""):
+    def __init__(
+        self,
+        path: Path,
+        keep: int | None = None,
+        test_held_out: bool = True,
+        nats_are: str = "",
+        columns: tuple[str, ...] = (),
+    ):
         self.rows: list[dict[str, Any]] = []
         self.test_held_out, self.nats_are = test_held_out, nats_are
+        fieldnames = metric_columns(tuple(columns))
         if keep is None:
             self.handle = path.open("w", newline="")
-            csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS).writeheader()
+            csv.DictWriter(self.handle, fieldnames=fieldnames).writeheader()
         else:
-            self.rows, kept = kept_rows(path, keep)
+            self.rows, kept = kept_rows(path, keep, tuple(columns))
             atomic_write_bytes(path, kept)
             self.handle = path.open("a", newline="")
-        self.writer = csv.DictWriter(self.handle, fieldnames=METRIC_COLUMNS)
+        self.writer = csv.DictWriter(self.handle, fieldnames=fieldnames)
 
     def write(self, row: dict[str, Any]) -> None:
         row = {**row, "held_out": row["split"] == "test" and self.test_held_out, "nats_are": self.nats_are}

@@ -121,10 +121,6 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
         members = checked = expand_sweep(task)
         swept, total = {override_key(item) for item in task if is_sweep(item)}, len(members)
     configs = compose_all(([*member, *hydra_part] for member in checked), with_hydra=True)
-    if launcher == "batched":
-        from vaecli.sweep.batched.groups import check_stackable
-
-        check_stackable(configs)
     fixed = [override_key(item) for item in task if override_key(item) not in swept]
     exclude_key = "hydra.job.config.override_dirname.exclude_keys"
     if fixed and not has_key(hydra_part, exclude_key):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -25,6 +26,7 @@ from vaecli.objectives.terms import TERM_NAMES
 from vaecli.runfolder import files as run_folder
 from vaecli.runfolder import provenance
 from vaecli.runfolder.files import member_dirs, read_result
+from vaecli.runfolder.metrics import METRIC_COLUMNS
 
 PREFERRED_AXES = ("latent_size", "beta")
 ROW_STYLES = {"failed": "red", "interrupted": "yellow"}
@@ -90,6 +92,14 @@ def member_status(member: Path) -> dict[str, object]:
     return {"status": "failed", "step": None, "error": error, "seconds": None, "slurm_job_id": job_id}
 
 
+def swept_value(config: Any, key: str) -> Any:
+    """A member's typed value of ``key``; a config group chosen by name (``objective=tcvae``) gives its name."""
+    value = OmegaConf.select(config, key)
+    if OmegaConf.is_dict(value) and "name" in value:
+        return value.name
+    return str(list(value)) if OmegaConf.is_list(value) else value
+
+
 def final_metrics(metrics: pd.DataFrame) -> dict[str, float]:
     row: dict[str, float] = {}
     for split in ("train", "test"):
@@ -99,6 +109,8 @@ def final_metrics(metrics: pd.DataFrame) -> dict[str, float]:
         last = rows.iloc[-1]
         row[f"{split}_step"] = int(last.step)
         row.update({f"{split}_{column}": float(last[column]) for column in TERM_NAMES})
+        own = [column for column in metrics.columns if column not in METRIC_COLUMNS]  # an objective's own terms
+        row.update({f"{split}_{column}": float(last[column]) for column in own if pd.notna(last[column])})
     if "nats_are" in metrics and len(metrics):
         row["nats_are"] = str(metrics.nats_are.iloc[-1])  # log-likelihood, or cross-entropy on grey levels
     return row
@@ -136,8 +148,7 @@ def aggregate(sweep_dir: Path) -> SweepReport:
     rows, long_frames = [], []
     for member, member_overrides in zip(members, overrides):
         config = OmegaConf.load(member / run_folder.CONFIG_YAML)
-        values = {key: OmegaConf.select(config, key) for key in dict.fromkeys([*PREFERRED_AXES, *keys])}
-        values = {key: (str(list(value)) if OmegaConf.is_list(value) else value) for key, value in values.items()}
+        values = {key: swept_value(config, key) for key in dict.fromkeys([*PREFERRED_AXES, *keys])}
         row = {
             "member": str(member.relative_to(sweep_dir)),
             "overrides": " ".join(f"{k}={v}" for k, v in member_overrides.items()),

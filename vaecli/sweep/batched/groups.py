@@ -16,7 +16,6 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vaecli.data.tensors import steps_per_epoch
-from vaecli.errors import UsageError
 from vaecli.run.bookkeeping import total_steps
 from vaecli.run.schedules import lr_changes
 from vaecli.sweep.batched.trainer import GroupSettings, Member
@@ -28,19 +27,20 @@ STACKED = {  # what the stacked model and trainer implement
     "model.scale": "softplus",
     "model.output_bias": "zero",
     "objective.name": "beta",
+    "objective.warmup_steps": 0,
+    "objective.cycles": 0,
+    "objective.free_bits": 0.0,
 }
 
 
-def check_stackable(cfgs: Sequence[Any]) -> None:
-    """Refuse a batched sweep over a model or objective the stacked trainer does not implement."""
-    for cfg in cfgs:
-        for key, supported in STACKED.items():
-            value = OmegaConf.select(cfg, key)
-            if value is not None and value != supported:
-                raise UsageError(
-                    f"{key}={value}: hydra/launcher=batched stacks only {key}={supported}; "
-                    "use hydra/launcher=basic or joblib for this sweep"
-                )
+def stackable(cfg: Any) -> bool:
+    """Whether the stacked model and trainer implement this member (else it trains alone, as under
+    the basic launcher, inside the batched launcher's process)."""
+    for key, supported in STACKED.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value != supported:
+            return False
+    return True
 
 
 IGNORED_KEYS = ("threads", "train.progress")  # change nothing a member computes

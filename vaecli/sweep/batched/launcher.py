@@ -142,23 +142,29 @@ class BatchedLauncher(Launcher):
         from vaecli.run.task import completed
         from vaecli.runfolder import files as run_folder
         from vaecli.sweep.batched.board import GroupBoard
-        from vaecli.sweep.batched.groups import plan_groups
+        from vaecli.sweep.batched.groups import plan_groups, stackable
 
-        pending = []
+        pending, alone = [], []
         for k, job in enumerate(jobs):
             if k in returns:
                 continue
             if completed(job.cfg, job.out_dir):  # the ordinary task skips it, and says so in its train.log
                 returns[k] = self.run(job, self.task_function)
+            elif not stackable(job.cfg):  # a model or objective the stacked trainer does not implement
+                alone.append(k)
             else:
                 job.resume_step = int((self.resume_of(job) or {}).get("step", 0))
                 pending.append(k)
         cfgs, starts = [jobs[k].cfg for k in pending], [jobs[k].resume_step for k in pending]
         groups = [[pending[j] for j in group] for group in plan_groups(cfgs, self.max_group, starts)]
-        log.info(f"Launching {len(pending)} jobs as {len(groups)} stacked groups ({len(jobs) - len(pending)} done)")
+        done = len(jobs) - len(pending) - len(alone)
+        log.info(f"Launching {len(pending)} jobs as {len(groups)} stacked groups, {len(alone)} alone ({done} done)")
         board = GroupBoard(sweep_dir, [[jobs[k].name for k in group] for group in groups])
         data: dict = {}  # the images, loaded once per dataset
         with STOP.installed(stop_file=sweep_dir / run_folder.STOP_FILE):
+            for k in alone:  # one after another, each its own solo run (a stopped sweep: they say so)
+                log.info(f"\talone, #{jobs[k].idx} : {' '.join(filter_overrides(jobs[k].overrides))}")
+                returns[k] = self.run(jobs[k], self.task_function)
             for number, group in enumerate(groups):
                 if STOP.requested():  # stopped: no other group starts; its members say so as under any launcher
                     returns.update((k, self.run(jobs[k], self.task_function)) for k in group)

@@ -56,7 +56,7 @@ from vaecli.runfolder import files as run_folder
 from vaecli.runfolder import lock, provenance
 from vaecli.runfolder.metrics import MetricsWriter
 from vaecli.sweep.batched.groups import member_of, settings_of
-from vaecli.sweep.batched.trainer import Failure, StackedTrainer
+from vaecli.sweep.batched.trainer import Failure, StackedTrainer, stacked_probe
 from vaecli.sweep.file_helpers import FileHelpers
 
 log = logging.getLogger("vaecli")
@@ -101,27 +101,6 @@ def start_member(cfg: DictConfig, resume: dict[str, Any] | None = None) -> Membe
 
 def data_key(cfg: DictConfig) -> str:
     return repr(sorted(OmegaConf.to_container(cfg.data, resolve=True).items()))  # type: ignore[union-attr]
-
-
-def stacked_probe(trainer: StackedTrainer) -> Callable[[], None]:
-    """The stacked step's arithmetic on a copy of the group's model (nothing of the group touched)."""
-    import copy
-
-    model = copy.deepcopy(trainer.model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
-    x = trainer.train_images[: trainer.batches.batch_size]
-
-    with torch.no_grad():
-        noise = torch.randn(model.encode(x)[1].shape, generator=torch.Generator().manual_seed(0))
-
-    def step() -> None:
-        loc, scale = model.encode(x)
-        logits = model.decode(loc + scale * noise.to(scale.device))
-        optimizer.zero_grad(set_to_none=True)
-        (logits.square().mean() + loc.square().mean() + scale.mean()).backward()
-        optimizer.step()
-
-    return step
 
 
 class GroupRun:

@@ -284,3 +284,24 @@ class _Normal:
 
     loc: torch.Tensor
     scale: torch.Tensor
+
+
+def stacked_probe(trainer: StackedTrainer) -> Callable[[], None]:
+    """The stacked step's arithmetic on a copy of the group's model (nothing of the group touched)."""
+    import copy
+
+    model = copy.deepcopy(trainer.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.0)
+    x = trainer.train_images[: trainer.batches.batch_size]
+
+    with torch.no_grad():
+        noise = torch.randn(model.encode(x)[1].shape, generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
+        loc, scale = model.encode(x)
+        logits = model.decode(loc + scale * noise.to(scale.device))
+        optimizer.zero_grad(set_to_none=True)
+        (logits.square().mean() + loc.square().mean() + scale.mean()).backward()
+        optimizer.step()
+
+    return step
