@@ -156,6 +156,19 @@ class BetaElbo:
             terms.extra["kl_weight"] = torch.tensor(self.weight(step))
         return terms
 
+    def stacked_part(
+        self, q: Normal, z: torch.Tensor, kl_dims: torch.Tensor, step: int, pixels: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """beta * w * KL (free bits applied) / latent_size: the loss's KL part in seed units, as in
+        :meth:`terms`, for a batched member's stacked step."""
+        latent = q.loc.shape[-1]
+        kl = kl_dims.mean(0).clamp(min=self.free_bits).sum() if self.free_bits else kl_dims.sum(-1).mean()
+        extra = {"kl_weight": torch.tensor(self.weight(step))} if self.scheduled else {}
+        return self.beta * self.weight(step) * kl / latent, extra
+
+    def after_backward(self, z: torch.Tensor, step: int) -> None:
+        """Nothing of its own to update."""
+
     def evaluate(self, model: Any, images: torch.Tensor, seed: int, step: int = 1) -> dict[str, float]:
         row = evaluate(model, images, self.beta, seed)
         if self.scheduled:  # the test loss at this step's weight (free bits: a batch notion, not applied)

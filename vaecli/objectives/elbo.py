@@ -92,6 +92,17 @@ class RegularisedElbo:
         loss = (recon_nats + weight * penalty) / pixels
         return Terms(loss, recon_nats / pixels, kl_nats / q.loc.shape[-1], recon_nats, kl_nats, extra)
 
+    def stacked_part(
+        self, q: Normal, z: torch.Tensor, kl_dims: torch.Tensor, step: int, pixels: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Everything of the loss but the reconstruction, in seed units (per-image nats / pixels), and the
+        own terms: what a batched member adds to the stacked step's reconstruction."""
+        penalty, extra = self.regulariser(q, z, kl_dims, step, None)
+        weight = self.weight(step)
+        if self.scheduled:
+            extra["kl_weight"] = torch.tensor(weight)
+        return weight * penalty / pixels, extra
+
     def backward(self, q: Normal, logits: torch.Tensor, x: torch.Tensor, *, z: torch.Tensor, step: int) -> torch.Tensor:
         """The loss's gradient for one batch; returns its weighted regulariser (detached) for the watch."""
         terms = self.loss_terms(q, z, logits, x, step)

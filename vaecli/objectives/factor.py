@@ -5,9 +5,10 @@ A discriminator D tells codes z ~ q(z) (the batch's own codes) from codes whose 
 each shuffled across the batch (samples of prod_j q(z_j)). With D's two logits (``q(z)``,
 ``permuted``), log(D / (1 - D)) is their difference, and its batch mean estimates
 TC(z) = KL(q(z) || prod_j q(z_j)) in nats. The VAE's loss adds gamma times it; D is then trained on
-the same batch's codes (detached) by its own Adam. The paper draws the permuted codes from a second
-batch; vaecli permutes the batch it trains on, so a step costs one encoder pass (its estimate is
-then over the same M codes).
+the same batch's codes (detached) by its own Adam. D's initial weights and the permutations come
+from random streams of their own (seeded from the run's seed), so they leave the run's noise as it
+is. The paper draws the permuted codes from a second batch; vaecli permutes the batch it trains
+on, so a step costs one encoder pass (its estimate is then over the same M codes).
 
 Defaults are the paper's: D has 6 layers of 1000 units with LeakyReLU(0.2), Adam with lr 1e-4 and
 betas (0.5, 0.9); gamma 40 sits in disentanglement_lib's sweep (10, 20, 30, 40, 50, 100). D and
@@ -62,6 +63,9 @@ def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> t
     return torch.gather(z, 0, orders)
 
 
+DISCRIMINATOR_SEED = 7919  # offset from the run's seed for the discriminator's own random streams
+
+
 class FactorElbo(RegularisedElbo):
     own_columns = ("tc_nats", "disc_loss", "disc_accuracy")
 
@@ -69,7 +73,12 @@ class FactorElbo(RegularisedElbo):
         super().__init__(cfg)
         objective = cfg.objective
         self.gamma = float(objective.gamma)
-        self.discriminator = discriminator(self.latent_size, int(objective.disc_layers), int(objective.disc_units))
+        # D's init and its permutations draw from streams of their own, seeded from the run's seed: the
+        # run's random stream (its noise, a batched member's replica of it) stays what beta's would be
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed) + DISCRIMINATOR_SEED)
+            self.discriminator = discriminator(self.latent_size, int(objective.disc_layers), int(objective.disc_units))
+        self.permutations = torch.Generator().manual_seed(int(cfg.seed) + DISCRIMINATOR_SEED)
         self.disc_lr, self.disc_betas = float(objective.disc_lr), tuple(float(b) for b in objective.disc_betas)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.disc_lr, betas=self.disc_betas)
 
@@ -116,17 +125,22 @@ class FactorElbo(RegularisedElbo):
         """D's step on this batch's codes (detached; their dims permuted with the run's random stream)."""
         codes = z.detach()
         self.optimizer.zero_grad(set_to_none=True)  # drops what the VAE's loss left in D
-        loss, _ = self.discriminator_loss(codes, permute_dims(codes))
+        loss, _ = self.discriminator_loss(codes, permute_dims(codes, self.permutations))
         loss.backward()
         self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {
+            "discriminator": self.discriminator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "permutations": self.permutations.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             self.discriminator.load_state_dict(state["discriminator"])
             self.optimizer.load_state_dict(state["optimizer"])
+            self.permutations.set_state(state["permutations"])
 
 
 OBJECTIVES.register("factor", FactorElbo, schema=FactorConfig)

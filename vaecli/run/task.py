@@ -260,6 +260,7 @@ def save_run(
     training: dict | None = None,
     figures: bool = True,
     loss_figure: bool = True,
+    objective: dict | None = None,
 ) -> dict:
     """A trained model's checkpoint.pt and (with ``figures``) its figures; returns result.json's summary fields.
 
@@ -280,6 +281,7 @@ def save_run(
         rng=rng,
         final=result.final,
         training=training,
+        objective=objective,
     )
     summary = {"step": result.steps, "steps": result.total, "train_seconds": round(result.seconds, 3)}
     if figures:

@@ -1,8 +1,9 @@
 """Which sweep members can train together as one stacked model, and in how many groups.
 
-Members may differ only in ``beta``, ``seed`` and ``latent_size``; any other difference (hidden
-sizes, batch size, steps or epochs, learning rate, data, device, ...) puts them in different
-groups. ``train.lr`` is a grouping key because one fused Adam over the stacks has one lr.
+Members may differ only in ``beta``, ``seed``, ``latent_size`` and their objective's settings
+(``objective.gamma``, ``objective.c_max``, ``objective.free_bits``, ...); another objective, or any
+other difference (hidden sizes, batch size, steps or epochs, learning rate, data, device, ...),
+puts them in different groups. ``train.lr`` is a grouping key because one fused Adam over the stacks has one lr.
 Keys that change neither the numbers nor the shapes (progress bar, thread count) are ignored.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -26,10 +28,6 @@ STACKED = {  # what the stacked model and trainer implement
     "model.init": "seed",
     "model.scale": "softplus",
     "model.output_bias": "zero",
-    "objective.name": "beta",
-    "objective.warmup_steps": 0,
-    "objective.cycles": 0,
-    "objective.free_bits": 0.0,
 }
 
 
@@ -56,6 +54,9 @@ def group_key(cfg: Any) -> str:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(last, None)
+    objective = plain.get("objective")
+    if isinstance(objective, dict):  # its weights are per member; the objective itself is not
+        plain["objective"] = {"name": objective.get("name", "beta")}
     return json.dumps(plain, sort_keys=True, default=str)
 
 
@@ -84,8 +85,19 @@ def plan_groups(cfgs: Sequence[Any], max_group: int, starts: Sequence[int] | Non
     return groups
 
 
+def plain_beta(cfg: Any) -> bool:
+    """The seed's objective as it is (no warm-up, cycles or free bits): the stacked step's own fast path."""
+    objective = cfg.get("objective") or {}
+    extras = ("warmup_steps", "cycles", "free_bits")
+    return objective.get("name", "beta") == "beta" and not any(objective.get(key, 0) for key in extras)
+
+
 def member_of(cfg: Any) -> Member:
-    return Member(seed=int(cfg.seed), beta=float(cfg.beta), latent_size=int(cfg.latent_size))
+    """A member's own values; its objective built (as its solo run builds it) unless it is the plain beta-ELBO."""
+    from vaecli.objectives.registry import build_objective
+
+    objective = None if plain_beta(cfg) else build_objective(cfg)
+    return Member(seed=int(cfg.seed), beta=float(cfg.beta), latent_size=int(cfg.latent_size), objective=objective)
 
 
 def settings_of(cfg: Any, examples: int) -> GroupSettings:
@@ -107,3 +119,13 @@ def settings_of(cfg: Any, examples: int) -> GroupSettings:
         activation=str(cfg.model.activation),
         binarize=str(cfg.data.binarize),
     )
+
+
+def members_of(cfgs: Sequence[Any]) -> list[Member]:
+    """A group's members; when one trains through its objective, all do (a plain one through BetaElbo)."""
+    from vaecli.objectives.registry import build_objective
+
+    members = [member_of(cfg) for cfg in cfgs]
+    if all(member.objective is None for member in members):
+        return members
+    return [replace(member, objective=member.objective or build_objective(cfg)) for member, cfg in zip(members, cfgs)]

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vaecli.config.runtime import describe_probe, fastest_threads, pick_device
+from vaecli.config.runtime import pick_device
 from vaecli.config.schema import test_held_out
 from vaecli.errors import RunError
 from vaecli.models.likelihoods import run_nats_label
@@ -55,8 +55,8 @@ from vaecli.run.task import (
 from vaecli.runfolder import files as run_folder
 from vaecli.runfolder import lock, provenance
 from vaecli.runfolder.metrics import MetricsWriter
-from vaecli.sweep.batched.groups import member_of, settings_of
-from vaecli.sweep.batched.trainer import Failure, StackedTrainer, stacked_probe
+from vaecli.sweep.batched.groups import members_of, settings_of
+from vaecli.sweep.batched.trainer import Failure, StackedTrainer, group_threads
 from vaecli.sweep.file_helpers import FileHelpers
 
 log = logging.getLogger("vaecli")
@@ -136,25 +136,17 @@ class GroupRun:
         train_images, self.test, self.data_files = self.data[data_key(first)]
         self.device = pick_device(first.device)
         self.settings = settings_of(first, len(train_images))
-        members = [member_of(cfg) for cfg in self.cfgs]
+        members = members_of(self.cfgs)
         trainer = StackedTrainer(members, self.settings, train_images, self.test.images, self.device)
         self.threads = self.pick_threads(trainer)
         return trainer
 
     def pick_threads(self, trainer: StackedTrainer) -> int:
-        """``threads=0`` on the CPU: the count the group's members began with when they continue (it
-        changes the sums' order), else the count at which the stacked step runs fastest now."""
-        most = self.threads
+        """``threads=0`` on the CPU: the count the members began with when they continue, else the fastest now."""
         if self.cfgs[0].threads or self.device.type != "cpu":
-            return most
+            return self.threads
         recorded = [start.resume["training"].get("threads") for start in self.starts if start.resume]
-        chosen = next((int(count) for count in recorded if count), 0)
-        if not chosen:
-            chosen, best = fastest_threads(stacked_probe(trainer), most)
-            if best:
-                self.say(describe_probe(chosen, best))
-        torch.set_num_threads(chosen)
-        return chosen
+        return group_threads(trainer, self.threads, next((int(count) for count in recorded if count), 0), self.say)
 
     def open_members(self, trainer: StackedTrainer) -> None:
         """Each member's metrics.csv (kept up to its checkpoint's rows when it continues, then put back
@@ -167,7 +159,8 @@ class GroupRun:
             keep = start.resume["training"]["position"]["rows"] if start.resume else None
             try:
                 path = start.out_dir / run_folder.METRICS_CSV
-                self.writers[i] = MetricsWriter(path, keep, held_out, nats_are)
+                own = getattr(trainer.members[i].objective, "columns", ())
+                self.writers[i] = MetricsWriter(path, keep, held_out, nats_are, own)
                 if start.resume is not None:
                     trainer.restore(i, start.resume, self.writers[i].rows)
                 provenance.write(start.out_dir, origin, start.resumed_from)
@@ -294,7 +287,10 @@ class GroupRun:
         rng.update(self.trainer.member_binarize_state(i))
         training = self.trainer.member_training_state(i) | {"threads": self.threads}
         result = self.result(i)
-        return save_run(self.cfgs[i], self.starts[i].out_dir, result, rng, training, figures=figures, loss_figure=loss)
+        objective = self.trainer.members[i].objective
+        own = objective.state_dict() if objective is not None else None
+        out_dir = self.starts[i].out_dir
+        return save_run(self.cfgs[i], out_dir, result, rng, training, figures=figures, loss_figure=loss, objective=own)
 
     def files(self, i: int, loss: bool = True) -> dict[str, Any]:
         """Member i's files once the group ended: checkpoint.pt and figures (after a stop, the figures only);

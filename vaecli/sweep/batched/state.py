@@ -11,7 +11,7 @@ killed) batched member continues exactly where it was, alone or in a group.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ class Member:
     seed: int
     beta: float
     latent_size: int
+    objective: Any = field(default=None, compare=False)  # built when not the plain beta-ELBO (its own state)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,12 @@ class StackedState:
         )
         self.noise = NoiseStreams([noise for _, noise in starts], self.model.latent_sizes, self.model.latent_size)
         self.running = list(range(len(self.members)))  # member number of each stack slot
+        self.with_objectives = any(m.objective is not None for m in self.members)
+        if self.with_objectives:  # every member through its objective (a plain beta member gets BetaElbo)
+            from vaecli.objectives.registry import start_objective
+
+            for m in self.members:
+                start_objective(m.objective, len(self.train_images), settings.steps, self.device)
         self.results = [MemberResult(member, []) for member in self.members]
         self.position = Position()  # the solo loop's, shared by every member (they step together)
         self._stopped: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
@@ -230,6 +237,8 @@ class StackedState:
         if self.binarizers[i] is not None:
             self.binarizers[i].set_state(rng["binarize"])
         set_lr(self.optimizer, payload["optimizer"]["param_groups"][0]["lr"])  # the lr schedule's stage
+        if self.members[i].objective is not None:  # a FactorVAE's discriminator and its Adam
+            self.members[i].objective.load_state_dict(payload.get("objective") or {})
         self.results[i].rows = list(rows)
         self.position = position  # the same for every member of the group: its rows are its own
         self._restored.add(i)

@@ -1,6 +1,8 @@
 """Train a group of compatible sweep members as one stacked model, each keeping its solo behaviour.
 
-Members share everything but ``beta``, ``seed`` and ``latent_size`` (see :mod:`vaecli.sweep.batched.groups`).
+Members share everything but ``beta``, ``seed``, ``latent_size`` and their objective's settings (see
+:mod:`vaecli.sweep.batched.groups`). The plain beta-ELBO runs as one stacked computation; any other
+objective (or beta with warm-up or free bits) runs each member's own objective on its slice.
 The loop is the solo loop (vaecli.run.loop) done G times at once: the same fused Adam (over the
 stacks), the same backprop from the analytic logit gradient sigmoid(l) - x, the same metrics
 schedule, each member's own batch order and noise. Every member gets its own metrics rows, shaped
@@ -156,23 +158,52 @@ class StackedTrainer(StackedState):
         x = self._binarized(self.batches.batch(step))
         loc, scale = self.model.encode(x)
         noise = self.noise.draw(self.batches.batch_size, self.device)
-        logits = self.model.decode(loc + scale * noise)
+        z = loc + scale * noise
+        logits = self.model.decode(z)
         kl = kl_to_standard_normal(_Normal(loc, scale))
         self.optimizer.zero_grad(set_to_none=True)
         # backprop starts at the logits, as the solo loop's (objectives.beta.backward_beta_elbo)
         pixel_weight = 1.0 / (self.batches.batch_size * logits.shape[-1])
         logits_grad = logit_gradient(logits, x, self.settings.likelihood, pixel_weight)
-        weighted_kl = kl * self.kl_weight
-        kl_term = weighted_kl.sum()
+        if self.with_objectives:  # each member's objective on its own slice of the stacks
+            parts = torch.stack([part for part, _ in self._objective_parts(step, loc, scale, z, kl, logits.shape[-1])])
+            kl_term, member_kl = parts.sum(), parts.detach() * (self.batches.batch_size * logits.shape[-1])
+        else:
+            weighted_kl = kl * self.kl_weight
+            kl_term, member_kl = weighted_kl.sum(), weighted_kl.detach().sum((1, 2))
         torch.autograd.backward([logits, kl_term], [logits_grad, torch.ones_like(kl_term)])
         self.optimizer.step()
-        self.watch.observe_totals(step, logits.detach().sum((1, 2)).add_(weighted_kl.detach().sum((1, 2))))
+        if self.with_objectives:
+            for slot, i in enumerate(self.running):  # FactorVAE's discriminator steps on its member's codes
+                self.members[i].objective.after_backward(z[slot, :, : self.members[i].latent_size], step)
+        self.watch.observe_totals(step, logits.detach().sum((1, 2)).add_(member_kl))
         self.position.step = step
         if not check:
             return {}
         with torch.no_grad():
             values = self._terms(logits, x, kl.detach())
+            if self.with_objectives:
+                return self._objective_rows(step, values, loc, scale, z, kl.detach(), logits.shape[-1])
         return {i: terms_row(column) for i, column in zip(self.running, values)}
+
+    def _objective_parts(
+        self, step: int, loc: torch.Tensor, scale: torch.Tensor, z: torch.Tensor, kl: torch.Tensor, pixels: int
+    ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """Each running member's loss but its reconstruction (seed units) and own terms, from its slice."""
+        parts = []
+        for slot, i in enumerate(self.running):
+            size, objective = self.members[i].latent_size, self.members[i].objective
+            q = _Normal(loc[slot, :, :size], scale[slot, :, :size])
+            parts.append(objective.stacked_part(q, z[slot, :, :size], kl[slot, :, :size], step, pixels))
+        return parts
+
+    def _objective_rows(self, step: int, values: list[list[float]], *stacks: Any) -> dict[int, dict[str, float]]:
+        """Batch rows of members trained through their objectives: the loss is the objective's, plus its terms."""
+        rows = {}
+        for (part, extra), column, i in zip(self._objective_parts(step, *stacks), values, self.running):
+            column = [column[1] + float(part), *column[1:]]
+            rows[i] = {**terms_row(column), **{name: float(value) for name, value in extra.items()}}
+        return rows
 
     def _broken_forward(self) -> dict[int, Failure]:
         """Members whose forward pass gave NaN or inf, named as the solo loop names them: by the update before it."""
@@ -198,7 +229,17 @@ class StackedTrainer(StackedState):
     # ----- evaluation ---------------------------------------------------------------------------
     @torch.inference_mode()
     def evaluate(self) -> list[dict[str, float]]:
-        """objectives.beta.evaluate for every running member (same noise), in slot order."""
+        """objectives.beta.evaluate for every running member (same noise), in slot order; members
+        trained through another objective get its own test row, on their model taken out of the stacks."""
+        if self.with_objectives:
+            rows = []
+            for slot, i in enumerate(self.running):
+                member, model = self.members[i], self.model.member_model(slot)
+                rows.append(member.objective.evaluate(model, self.test_images, member.seed, self.step))
+            return rows
+        return self._evaluate_beta()
+
+    def _evaluate_beta(self) -> list[dict[str, float]]:
         n, groups = len(self.test_images), len(self.running)
         rows = max(1, EVAL_ROWS // groups)
         noise = self._eval_noise.index_select(0, torch.tensor(self.running, device=self.device))
@@ -305,3 +346,17 @@ def stacked_probe(trainer: StackedTrainer) -> Callable[[], None]:
         optimizer.step()
 
     return step
+
+
+def group_threads(trainer: StackedTrainer, most: int, recorded: int, say: Callable[[str], None]) -> int:
+    """The thread count a group trains at: ``recorded`` (the count its members began with; another
+    changes the sums' order), else the count at which its stacked step runs fastest now."""
+    from vaecli.config.runtime import describe_probe, fastest_threads
+
+    chosen = recorded
+    if not chosen:
+        chosen, best = fastest_threads(stacked_probe(trainer), most)
+        if best:
+            say(describe_probe(chosen, best))
+    torch.set_num_threads(chosen)
+    return chosen
