@@ -116,3 +116,14 @@ def test_an_objectives_own_terms_reach_tensorboard():
 
     row = {"step": 4, "epoch": 0.5, "split": "train", "held_out": False, "loss": 0.3, "tc_nats": 0.25, "nats_are": "x"}
     assert scalar_tags(row) == {"train/loss": 0.3, "train/tc_nats": 0.25}
+
+
+def test_a_resume_refuses_another_objective_or_its_settings_in_one_line(runner, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    assert invoke(runner, "train", *tiny, "objective=capacity", f"hydra.run.dir={run_dir}").exit_code == 0
+    before = (run_dir / "metrics.csv").read_bytes()
+    other = invoke(runner, "train", "--resume", str(run_dir), "objective=tcvae", "train.steps=16")
+    assert other.exit_code == 2 and "objective=tcvae cannot replace the run's objective=capacity" in other.stderr
+    weight = invoke(runner, "train", "--resume", str(run_dir), "objective.gamma=5", "train.steps=16")
+    assert weight.exit_code == 2 and "objective.gamma cannot change when resuming" in weight.stderr
+    assert (run_dir / "metrics.csv").read_bytes() == before

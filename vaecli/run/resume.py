@@ -139,6 +139,12 @@ def checked(run_dir: Path, file: Path, overrides: Sequence[str]) -> tuple[list[s
 def refuse_changes(stored: dict[str, Any], composed: DictConfig, given: set[str]) -> None:
     """The first setting that would make this a different run, named in one line."""
     before, after = flatten(as_container(stored)), flatten(as_container(composed))
+    for group in ("model", "objective", "data"):  # another config group: name it, not its first differing key
+        old, new = before.get(f"{group}.name"), after.get(f"{group}.name")
+        if old is not None and new is not None and old != new:
+            raise UsageError(
+                f"{group}={new} cannot replace the run's {group}={old} when resuming; start a new run for {group}={new}"
+            )
     for key in sorted(set(before) | set(after)):
         if key in PLACE_KEYS or key in LENGTH_KEYS or before.get(key) == after.get(key):
             continue
