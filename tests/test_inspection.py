@@ -347,3 +347,26 @@ def assert_usage_error(result, message: str) -> None:
 def decoded_means(model, x: torch.Tensor) -> torch.Tensor:
     """The decoder's pixel means at the posterior mean, computed here independently of the tool's code."""
     return model.decoder(model.encoder(x).mean).probs
+
+
+def test_traverse_gif_animates_the_rows_one_frame_per_step(runner, trained_run, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "rows.gif"
+    arguments = ["--mode", "rows", "--gif", "--steps", "7", "-o", str(out)]
+    result = invoke(runner, "traverse", "-c", str(trained_run), *arguments)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as gif:
+        assert gif.format == "GIF" and gif.n_frames == 7 and gif.info["loop"] == 0
+        frames = []
+        for number in range(gif.n_frames):
+            gif.seek(number)
+            frames.append(gif.convert("L").tobytes())
+    assert frames[0] != frames[-1]  # the dims move between the first and the last step
+    for arguments, says in (
+        (["--mode", "grid", "--gif"], "--gif animates --mode rows"),
+        (["--mode", "rows", "--gif", "-o", str(tmp_path / "still.png")], "must end in .gif"),
+    ):
+        refused = invoke(runner, "traverse", "-c", str(trained_run), *arguments)
+        assert refused.exit_code == 2 and says in refused.stderr
+    assert not (tmp_path / "still.png").exists()

@@ -214,6 +214,7 @@ def reconstruct(
         "vae traverse -c runs/first --dims 2,5 --range=-3,3 --steps 8 --around 7",
         "vae traverse -c runs/first --mode rows (one row per dim, the most used dims first)",
         "vae traverse -c runs/latent2 --mode map --steps 20 (latent_size=2 models)",
+        "vae traverse -c runs/first --mode rows --gif --range=-3,3 --steps 20 (an animated GIF: a frame per step)",
     )
     + "\n\nAxis values are written above the columns and beside the rows; the picture is upscaled "
     "by --scale (default 2) so they stay readable.",
@@ -244,6 +245,9 @@ def traverse(
     ] = None,
     split: Annotated[str, typer.Option(help="Split that --around indexes: test or train.")] = "test",
     scale: ScaleOption = 2,
+    gif: Annotated[
+        bool, typer.Option("--gif", help="With --mode rows: an animated GIF, every dim a row, a frame per step.")
+    ] = False,
     out: OutOption = None,
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
@@ -255,7 +259,7 @@ def traverse(
     chosen = parse_ints(dims, "--dims") if dims is not None else None
     low_high = parse_range(span) if span is not None else None
     common = options(checkpoint, out, seed, device, data_root)
-    wrote(inspection.traverse(common, mode, chosen, low_high, steps, around, split, scale))
+    wrote(inspection.traverse(common, mode, chosen, low_high, steps, around, split, scale, gif))
 
 
 @app.command(

@@ -25,6 +25,7 @@ from vaecli.runfolder.checkpoint import Loaded, load_model
 
 MODES = ("grid", "rows", "map")
 TILE_SUFFIXES = (".png",)
+GIF_FRAME_MS = 150  # each step along the range shown this long in a --gif traversal
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 EMBED_INCHES = (6.0, 5.0)
 EMBED_DPI = 120
@@ -74,11 +75,22 @@ def check_out(out: str | None, suffixes: Sequence[str]) -> None:
         raise UsageError(f"--out {out} must end in {' or '.join(suffixes)}")
 
 
-def out_path(options: Options, loaded: Loaded, command: str, *parts: str) -> Path:
+def out_path(options: Options, loaded: Loaded, command: str, *parts: str, suffix: str = ".png") -> Path:
     """``--out``, or ``<run folder>/<command>-<options>.png`` such as ``traverse-dims0,1.png``."""
     if options.out is not None:
         return Path(options.out).expanduser()
-    return loaded.run_dir / ("-".join([command, *(part for part in parts if part)]) + ".png")
+    return loaded.run_dir / ("-".join([command, *(part for part in parts if part)]) + suffix)
+
+
+def write_gif(frames: Sequence[Image.Image], path: Path) -> Path:
+    """An animated GIF that loops for ever, each frame :data:`GIF_FRAME_MS` long."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        first, *rest = frames
+        first.save(path, save_all=True, append_images=rest, duration=GIF_FRAME_MS, loop=0)
+    except OSError as error:
+        raise RunError(f"cannot write {path}: {error.strerror or first_line(error)}") from None
+    return path
 
 
 def write(image: Image.Image, path: Path) -> Path:
@@ -171,12 +183,16 @@ def traverse(
     around: int | None = None,
     split: str = "test",
     scale: int = 2,
+    gif: bool = False,
 ) -> Path:
-    """The seed's traversal (``grid``), one row per dim ordered by KL (``rows``), or the 2-D map."""
+    """The seed's traversal (``grid``), one row per dim ordered by KL (``rows``), or the 2-D map;
+    ``gif``: the rows as an animation, one frame per step along the range."""
     if mode not in MODES:
         raise UsageError(f"--mode {mode} is not one of {', '.join(MODES)}")
+    if gif and mode != "rows":
+        raise UsageError(f"--gif animates --mode rows (every dim a row, a frame per step); drop --mode {mode}")
     check_split(split)
-    check_out(options.out, TILE_SUFFIXES)
+    check_out(options.out, (".gif",) if gif else TILE_SUFFIXES)
     check_count(steps, "--steps", 2)
     check_count(scale, "--scale")
     loaded = load_model(options.checkpoint, options.device)
@@ -196,6 +212,9 @@ def traverse(
     note = "others at 0" if around is None else f"others at {split} image {around}"
     if mode == "grid":
         image, name = traverse_grid(loaded, dims, values, center, note, scale)
+    elif gif:
+        frames, name = traverse_frames(loaded, dims, values, center, options.data_root, scale)
+        return write_gif(frames, out_path(options, loaded, "traverse", name, *parts, suffix=".gif"))
     else:
         image, name = traverse_rows(loaded, dims, values, center, note, options.data_root, scale)
     return write(image, out_path(options, loaded, "traverse", name, *parts))
@@ -239,6 +258,30 @@ def traverse_rows(
     title = f"each row sweeps one dim ({note}); KL in nats, test mean"
     image = labelled_grid(images, len(values), scale, ROW_LABELS, [tick(v) for v in values.tolist()], row_labels, title)
     return image, "rows" + (f"-dims{joined(chosen)}" if dims is not None else "")
+
+
+def traverse_frames(
+    loaded: Loaded,
+    dims: Sequence[int] | None,
+    values: torch.Tensor,
+    center: torch.Tensor | None,
+    data_root: str | None,
+    scale: int,
+) -> tuple[list[Image.Image], str]:
+    """``--gif``: frame k shows every dim's row at the k-th value, rows ordered by KL as ``--mode rows``."""
+    latent_size = loaded.model.latent_size
+    chosen = list(dims) if dims is not None else list(range(latent_size))
+    check_dims(chosen, latent_size)
+    test = loaded.dataset("test", loaded.config.data.get("test_limit"), data_root)
+    kl = latents.kl_per_dimension(loaded.model, test.images)
+    order = sorted(chosen, key=lambda dim: -float(kl[dim]))
+    images = latents.dimension_sweeps(loaded.model, order, values, center)
+    steps, row_labels = len(values), [f"z{dim}  KL {float(kl[dim]):.2f}" for dim in order]
+    frames = []
+    for step, value in enumerate(values.tolist()):
+        column = images[step::steps]  # each dim's tile at this value, in row order
+        frames.append(labelled_grid(column, 1, scale, ROW_LABELS, [tick(value)], row_labels))
+    return frames, "rows" + (f"-dims{joined(chosen)}" if dims is not None else "")
 
 
 def traverse_map(
