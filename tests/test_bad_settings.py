@@ -166,3 +166,10 @@ def test_objective_settings_that_cannot_work_together_are_refused(runner, tiny, 
     result = invoke(runner, "train", *tiny, *overrides, f"hydra.run.dir={run_dir}")
     assert_refused(result, run_dir)
     assert says in result.stderr
+
+
+def test_cycles_too_short_to_rise_are_refused(runner, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    result = invoke(runner, "train", *tiny, "objective=dip", "objective.cycles=8", f"hydra.run.dir={run_dir}")
+    assert_refused(result, run_dir)
+    assert "use objective.cycles=2 or fewer" in result.stderr

@@ -5,7 +5,7 @@ import sys
 
 from tests.conftest import invoke
 
-COMMANDS = ["train", "sweep", "reconstruct", "traverse", "sample", "interpolate", "embed", "data"]
+COMMANDS = ["train", "sweep", "reconstruct", "traverse", "sample", "interpolate", "embed", "encode", "evaluate", "data"]
 
 
 def test_help_lists_the_commands(runner):

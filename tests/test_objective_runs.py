@@ -127,3 +127,25 @@ def test_a_resume_refuses_another_objective_or_its_settings_in_one_line(runner, 
     weight = invoke(runner, "train", "--resume", str(run_dir), "objective.gamma=5", "train.steps=16")
     assert weight.exit_code == 2 and "objective.gamma cannot change when resuming" in weight.stderr
     assert (run_dir / "metrics.csv").read_bytes() == before
+
+
+def test_a_run_from_before_warm_up_and_free_bits_continues(runner, tiny, tmp_path):
+    """Its checkpoint's objective is {name: beta} alone: the keys added later take their defaults."""
+    from vaecli.runfolder.checkpoint import atomic_save
+
+    run_dir = tmp_path / "run"
+    assert invoke(runner, "train", *tiny, f"hydra.run.dir={run_dir}").exit_code == 0
+    payload = checkpoint.load(run_dir)
+    payload["config"]["objective"] = {"name": "beta"}
+    atomic_save(payload, run_dir / "checkpoint.pt")
+    result = invoke(runner, "train", "--resume", str(run_dir), "train.steps=16")
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load(run_dir)["step"] == 16
+
+
+def test_tcvae_evaluates_a_test_split_of_one_image_and_dip_penalties_stay_non_negative(runner, tiny, tmp_path):
+    test_one = [item for item in tiny if not item.startswith("data.test_limit=")] + ["data.test_limit=1"]
+    result = invoke(runner, "train", *test_one, "objective=tcvae", f"hydra.run.dir={tmp_path / 'tcvae'}")
+    assert result.exit_code == 0, result.output
+    dip = invoke(runner, "train", *tiny, "objective=dip", "objective.variant=ii", f"hydra.run.dir={tmp_path / 'dip'}")
+    assert dip.exit_code == 0 and (pd.read_csv(tmp_path / "dip" / "metrics.csv").dip_off_diagonal >= 0).all()

@@ -16,9 +16,12 @@ from vaecli import __version__
 from vaecli.cli.options import (
     CfgOption,
     CheckpointOption,
+    CodesOutOption,
     CountOption,
     DataRootOption,
     DeviceOption,
+    FirstNOption,
+    LatentsPerPassOption,
     OutOption,
     Overrides,
     PlotOutOption,
@@ -337,6 +340,27 @@ def embed(
 
 @app.command(
     epilog=examples(
+        "vae encode -c runs/first (the 10,000 test images: runs/first/codes-test.npz)",
+        "vae encode -c runs/first --split train --n 5000 -o train_codes.npz",
+    )
+    + "\n\nIn Python: `c = np.load('codes-test.npz')`; `pd.DataFrame(c['loc']).assign(label=c['label'])`.",
+)
+def encode(
+    checkpoint: CheckpointOption,
+    split: SplitOption = "test",
+    n: FirstNOption = None,
+    out: CodesOutOption = None,
+    device: DeviceOption = "auto",
+    data_root: DataRootOption = None,
+) -> None:
+    """Posterior means and scales of a split, with labels, as one NPZ file numpy and pandas read."""
+    from vaecli.measure.codes import encode_checkpoint
+
+    wrote(encode_checkpoint(checkpoint, split, n, out, device, data_root))
+
+
+@app.command(
+    epilog=examples(
         "vae evaluate -c outputs/2026-11-25/10-31-07 (k=1000 over the 10,000 test images)",
         "vae evaluate -c runs/burda --k 5000 (Burda et al.'s bound)",
         "vae evaluate -c runs/first --k 100 --n 2000 (quicker: the first 2,000 test images)",
@@ -349,17 +373,8 @@ def evaluate(
     checkpoint: CheckpointOption,
     k: Annotated[int, typer.Option("--k", help="Importance samples per image (5000 reproduces Burda et al.).")] = 1000,
     split: SplitOption = "test",
-    n: Annotated[
-        int | None, typer.Option("--n", "-n", help="The first N images [default: the whole split].", show_default=False)
-    ] = None,
-    batch: Annotated[
-        int | None,
-        typer.Option(
-            "--batch",
-            help="Latents decoded per pass (bounds memory whatever --k is) [default: the run's eval.latents_per_pass].",
-            show_default=False,
-        ),
-    ] = None,
+    n: FirstNOption = None,
+    batch: LatentsPerPassOption = None,
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed for the draws from q.")] = 0,
     data_root: DataRootOption = None,

@@ -88,3 +88,20 @@ def examples(*lines: str) -> str:
         return f"* `{command}`" + (f" ({note}" if note else "")
 
     return "Examples:\n\n" + "\n\n".join(item(line) for line in lines)
+
+
+FirstNOption = Annotated[
+    int | None, typer.Option("--n", "-n", help="The first N images [default: all].", show_default=False)
+]
+CodesOutOption = Annotated[
+    str | None,
+    typer.Option("--out", "-o", help="An .npz file [default: the run's codes-SPLIT.npz].", show_default=False),
+]
+LatentsPerPassOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch",
+        help="Latents decoded per pass (bounds memory whatever --k is) [default: the run's eval.latents_per_pass].",
+        show_default=False,
+    ),
+]

@@ -20,6 +20,7 @@ from vaecli.config.schema import rule
 from vaecli.errors import UsageError
 
 CYCLE_RISE = 0.5  # Fu et al.'s R: the share of each cycle over which the weight rises
+MIN_CYCLE_STEPS = 4  # a shorter cycle would hold the weight at 0 (or barely above) throughout
 
 
 @dataclass
@@ -55,4 +56,10 @@ def check_schedule(cfg: Any) -> None:
         raise UsageError(
             f"objective.warmup_steps={objective.warmup_steps} and objective.cycles={objective.cycles} "
             "are two schedules for one KL weight: set one of them (the other to 0)"
+        )
+    cycles, steps = int(objective.get("cycles", 0)), cfg.train.get("steps")
+    if cycles and cfg.train.get("epochs") is None and steps is not None and cycles > int(steps) // MIN_CYCLE_STEPS:
+        raise UsageError(
+            f"objective.cycles={cycles} over train.steps={steps} leaves cycles under {MIN_CYCLE_STEPS} steps, "
+            f"whose weight never leaves 0; use objective.cycles={max(1, int(steps) // MIN_CYCLE_STEPS)} or fewer"
         )

@@ -46,7 +46,7 @@ def code_covariance(loc: torch.Tensor, scale: torch.Tensor, variant: str) -> tor
 def dip_penalties(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_{i != j} C_ij^2 and sum_i (C_ii - 1)^2."""
     diagonal = covariance.diagonal()
-    off = covariance.square().sum() - diagonal.square().sum()
+    off = (covariance - torch.diag(diagonal)).square().sum()  # never below 0, as a difference of sums can be
     return off, (diagonal - 1).square().sum()
 
 

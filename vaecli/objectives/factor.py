@@ -57,6 +57,17 @@ def discriminator(latent_size: int, layers: int, units: int) -> nn.Sequential:
     return nn.Sequential(*modules, nn.Linear(sizes[-1], 2))
 
 
+def own_init(network: nn.Module, generator: torch.Generator) -> None:
+    """torch's default Linear init (uniform, bound 1/sqrt(fan_in) for weights and biases), drawn from
+    ``generator``: the discriminator's start leaves every other random stream (CPU and GPU) as it was."""
+    with torch.no_grad():
+        for layer in network.modules():
+            if isinstance(layer, nn.Linear):
+                bound = layer.in_features**-0.5
+                layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator) * 2 * bound - bound)
+                layer.bias.copy_(torch.rand(layer.bias.shape, generator=generator) * 2 * bound - bound)
+
+
 def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each dimension shuffled across the batch on its own: samples of prod_j q(z_j)."""
     orders = torch.argsort(torch.rand(z.shape, generator=generator).to(z.device), dim=0)
@@ -75,10 +86,10 @@ class FactorElbo(RegularisedElbo):
         self.gamma = float(objective.gamma)
         # D's init and its permutations draw from streams of their own, seeded from the run's seed: the
         # run's random stream (its noise, a batched member's replica of it) stays what beta's would be
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(cfg.seed) + DISCRIMINATOR_SEED)
+        with torch.random.fork_rng(devices=[]):  # torch's own init draws from the CPU stream: put it back
             self.discriminator = discriminator(self.latent_size, int(objective.disc_layers), int(objective.disc_units))
-        self.permutations = torch.Generator().manual_seed(int(cfg.seed) + DISCRIMINATOR_SEED)
+        own_init(self.discriminator, torch.Generator().manual_seed(int(cfg.seed) + DISCRIMINATOR_SEED))
+        self.permutations = torch.Generator().manual_seed(int(cfg.seed) + DISCRIMINATOR_SEED + 1)
         self.disc_lr, self.disc_betas = float(objective.disc_lr), tuple(float(b) for b in objective.disc_betas)
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.disc_lr, betas=self.disc_betas)
 

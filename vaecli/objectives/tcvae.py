@@ -51,8 +51,9 @@ class TcvaeConfig(KlScheduleConfig):
 
 
 def log_weights(batch: int, examples: int, estimator: str, device: torch.device | None = None) -> torch.Tensor:
-    """log W (batch x batch): row i weighs the batch's q(z_i|x_j) into an estimate of q(z_i)."""
-    if estimator == "mws":
+    """log W (batch x batch): row i weighs the batch's q(z_i|x_j) into an estimate of q(z_i). A batch of
+    one (the last chunk of an evaluation) has only the code's own image: weight 1."""
+    if estimator == "mws" or batch == 1:
         return torch.full((batch, batch), -math.log(batch), device=device)
     others = math.log(examples - 1) - math.log(examples) - math.log(batch - 1)
     weights = torch.full((batch, batch), others, device=device)

@@ -227,6 +227,10 @@ def stored_config(payload: dict[str, Any], file: Path) -> Any:
     config = with_later_keys(config)
     if isinstance(config.get("model"), dict | DictConfig):
         config.model = MODELS.with_defaults(config.model)
+    if isinstance(config.get("objective"), dict | DictConfig):  # warm-up, cycles, free bits: added later
+        from vaecli.objectives.registry import OBJECTIVES
+
+        config.objective = OBJECTIVES.with_defaults(config.objective)
     return config
 
 
