@@ -237,6 +237,22 @@ def traverse_grid(
     return image, f"dims{joined(dims)}"
 
 
+def kl_ordered_sweeps(
+    loaded: Loaded, dims: Sequence[int] | None, values: torch.Tensor, center: torch.Tensor | None, data_root: str | None
+) -> tuple[torch.Tensor, list[str], str]:
+    """Each chosen dim swept alone over ``values``, the dims that carry the most KL (the used ones)
+    first: the tiles (a row per dim), each row's label with its test-mean KL, and the file name part."""
+    latent_size = loaded.model.latent_size
+    chosen = list(dims) if dims is not None else list(range(latent_size))
+    check_dims(chosen, latent_size)
+    test = loaded.dataset("test", loaded.config.data.get("test_limit"), data_root)
+    kl = latents.kl_per_dimension(loaded.model, test.images)
+    order = sorted(chosen, key=lambda dim: -float(kl[dim]))
+    images = latents.dimension_sweeps(loaded.model, order, values, center)
+    row_labels = [f"z{dim}  KL {float(kl[dim]):.2f}" for dim in order]
+    return images, row_labels, "rows" + (f"-dims{joined(chosen)}" if dims is not None else "")
+
+
 def traverse_rows(
     loaded: Loaded,
     dims: Sequence[int] | None,
@@ -246,18 +262,11 @@ def traverse_rows(
     data_root: str | None,
     scale: int,
 ) -> tuple[Image.Image, str]:
-    """One row per dim, sweeping it alone; the dims that carry the most KL (the used ones) first."""
-    latent_size = loaded.model.latent_size
-    chosen = list(dims) if dims is not None else list(range(latent_size))
-    check_dims(chosen, latent_size)
-    test = loaded.dataset("test", loaded.config.data.get("test_limit"), data_root)
-    kl = latents.kl_per_dimension(loaded.model, test.images)
-    order = sorted(chosen, key=lambda dim: -float(kl[dim]))
-    images = latents.dimension_sweeps(loaded.model, order, values, center)
-    row_labels = [f"z{dim}  KL {float(kl[dim]):.2f}" for dim in order]
+    """One row per dim, sweeping it alone, rows ordered by KL."""
+    images, row_labels, name = kl_ordered_sweeps(loaded, dims, values, center, data_root)
     title = f"each row sweeps one dim ({note}); KL in nats, test mean"
     image = labelled_grid(images, len(values), scale, ROW_LABELS, [tick(v) for v in values.tolist()], row_labels, title)
-    return image, "rows" + (f"-dims{joined(chosen)}" if dims is not None else "")
+    return image, name
 
 
 def traverse_frames(
@@ -269,19 +278,13 @@ def traverse_frames(
     scale: int,
 ) -> tuple[list[Image.Image], str]:
     """``--gif``: frame k shows every dim's row at the k-th value, rows ordered by KL as ``--mode rows``."""
-    latent_size = loaded.model.latent_size
-    chosen = list(dims) if dims is not None else list(range(latent_size))
-    check_dims(chosen, latent_size)
-    test = loaded.dataset("test", loaded.config.data.get("test_limit"), data_root)
-    kl = latents.kl_per_dimension(loaded.model, test.images)
-    order = sorted(chosen, key=lambda dim: -float(kl[dim]))
-    images = latents.dimension_sweeps(loaded.model, order, values, center)
-    steps, row_labels = len(values), [f"z{dim}  KL {float(kl[dim]):.2f}" for dim in order]
-    frames = []
-    for step, value in enumerate(values.tolist()):
-        column = images[step::steps]  # each dim's tile at this value, in row order
-        frames.append(labelled_grid(column, 1, scale, ROW_LABELS, [tick(value)], row_labels))
-    return frames, "rows" + (f"-dims{joined(chosen)}" if dims is not None else "")
+    images, row_labels, name = kl_ordered_sweeps(loaded, dims, values, center, data_root)
+    steps = len(values)
+    frames = [
+        labelled_grid(images[step::steps], 1, scale, ROW_LABELS, [tick(value)], row_labels)  # each dim at value
+        for step, value in enumerate(values.tolist())
+    ]
+    return frames, name
 
 
 def traverse_map(
