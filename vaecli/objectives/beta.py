@@ -44,6 +44,14 @@ class Terms:
         return self.recon_nats + self.kl_nats
 
 
+def batch_kl(kl_dims: torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
+    """The batch's KL per image from its elementwise KL (batch x latent): with ``free_bits`` each
+    dimension's batch mean counts at least that many nats, sum_j max(lambda, mean_b KL_bj)."""
+    if free_bits:
+        return kl_dims.mean(0).clamp(min=free_bits).sum()
+    return kl_dims.sum(-1).mean()
+
+
 def backward_beta_elbo(
     q: Normal,
     logits: torch.Tensor,
@@ -63,7 +71,7 @@ def backward_beta_elbo(
     """
     logits_grad = logit_gradient(logits, x, likelihood, 1.0 / (x.shape[0] * x.shape[-1]))
     if free_bits:
-        kl_term = (beta * weight / q.loc.shape[-1]) * kl_to_standard_normal(q).mean(0).clamp(min=free_bits).sum()
+        kl_term = (beta * weight / q.loc.shape[-1]) * batch_kl(kl_to_standard_normal(q), free_bits)
     elif weight != 1.0:
         kl_term = (beta * weight / q.loc.numel()) * kl_to_standard_normal(q).sum()
     else:
@@ -125,7 +133,7 @@ class BetaElbo:
         objective = cfg.get("objective") or {}
         self.warmup_steps, self.cycles = int(objective.get("warmup_steps", 0)), int(objective.get("cycles", 0))
         self.free_bits = float(objective.get("free_bits", 0.0))
-        self.scheduled = bool(self.warmup_steps or self.cycles)
+        self.scheduled = schedules_kl(cfg)
         self.columns = self.columns_for(cfg)
         self.total_steps = 1
 
@@ -149,22 +157,24 @@ class BetaElbo:
     def terms(self, q: Normal, logits: torch.Tensor, x: torch.Tensor, *, z=None, step: int = 1) -> Terms:
         terms = elbo_terms(q, logits, x, self.beta, self.likelihood)
         if self.scheduled or self.free_bits:
-            kl_dims = kl_to_standard_normal(q)
-            kl = kl_dims.mean(0).clamp(min=self.free_bits).sum() if self.free_bits else terms.kl_nats
-            terms.loss = terms.reconstruction + self.beta * self.weight(step) * kl / q.loc.shape[-1]
-        if self.scheduled:
-            terms.extra["kl_weight"] = torch.tensor(self.weight(step))
+            part, terms.extra = self.loss_part(q, z, kl_to_standard_normal(q), step, x.shape[-1])
+            terms.loss = terms.reconstruction + part
         return terms
 
-    def stacked_part(
-        self, q: Normal, z: torch.Tensor, kl_dims: torch.Tensor, step: int, pixels: int
+    def loss_part(
+        self,
+        q: Normal,
+        z: torch.Tensor | None,
+        kl_dims: torch.Tensor,
+        step: int,
+        pixels: int,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """beta * w * KL (free bits applied) / latent_size: the loss's KL part in seed units, as in
-        :meth:`terms`, for a batched member's stacked step."""
-        latent = q.loc.shape[-1]
-        kl = kl_dims.mean(0).clamp(min=self.free_bits).sum() if self.free_bits else kl_dims.sum(-1).mean()
+        """beta * w * KL (free bits applied) / latent_size: the loss but its reconstruction, in seed
+        units, and the warm-up weight when scheduled (the batch rows' and a batched member's step)."""
+        kl = batch_kl(kl_dims, self.free_bits)
         extra = {"kl_weight": torch.tensor(self.weight(step))} if self.scheduled else {}
-        return self.beta * self.weight(step) * kl / latent, extra
+        return self.beta * self.weight(step) * kl / q.loc.shape[-1], extra
 
     def after_backward(self, z: torch.Tensor, step: int) -> None:
         """Nothing of its own to update."""

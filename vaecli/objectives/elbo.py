@@ -19,8 +19,7 @@ from torch.distributions import Normal
 
 from vaecli.models.likelihoods import nll_sum
 from vaecli.objectives.annealing import check_schedule, kl_weight, schedules_kl
-from vaecli.objectives.beta import Terms, kl_to_standard_normal
-from vaecli.objectives.terms import terms_row
+from vaecli.objectives.beta import Terms, batch_kl, batch_metrics, kl_to_standard_normal
 
 LOG_2PI = 1.8378770664093453  # log(2 pi)
 
@@ -62,10 +61,8 @@ class RegularisedElbo:
         return kl_weight(step, self.total_steps, self.warmup_steps, self.cycles)
 
     def floored_kl(self, kl_dims: torch.Tensor) -> torch.Tensor:
-        """KL per image with free bits: sum_j max(lambda, batch-mean KL_j); the plain mean KL without."""
-        if self.free_bits:
-            return kl_dims.mean(0).clamp(min=self.free_bits).sum()
-        return kl_dims.sum(-1).mean()
+        """KL per image with this objective's free bits (:func:`vaecli.objectives.beta.batch_kl`)."""
+        return batch_kl(kl_dims, self.free_bits)
 
     def regulariser(
         self, q: Normal, z: torch.Tensor, kl_dims: torch.Tensor, step: int, generator: torch.Generator | None
@@ -84,20 +81,23 @@ class RegularisedElbo:
         recon_nats = nll_sum(logits, x, self.likelihood) / x.shape[0]
         kl_dims = kl_to_standard_normal(q)
         kl_nats = kl_dims.sum(-1).mean()
-        penalty, extra = self.regulariser(q, z, kl_dims, step, generator)
-        weight = self.weight(step)
-        if self.scheduled:
-            extra["kl_weight"] = torch.tensor(weight)
         pixels = x.shape[-1]
-        loss = (recon_nats + weight * penalty) / pixels
-        return Terms(loss, recon_nats / pixels, kl_nats / q.loc.shape[-1], recon_nats, kl_nats, extra)
+        part, extra = self.loss_part(q, z, kl_dims, step, pixels, generator)
+        reconstruction = recon_nats / pixels
+        return Terms(reconstruction + part, reconstruction, kl_nats / q.loc.shape[-1], recon_nats, kl_nats, extra)
 
-    def stacked_part(
-        self, q: Normal, z: torch.Tensor, kl_dims: torch.Tensor, step: int, pixels: int
+    def loss_part(
+        self,
+        q: Normal,
+        z: torch.Tensor,
+        kl_dims: torch.Tensor,
+        step: int,
+        pixels: int,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Everything of the loss but the reconstruction, in seed units (per-image nats / pixels), and the
-        own terms: what a batched member adds to the stacked step's reconstruction."""
-        penalty, extra = self.regulariser(q, z, kl_dims, step, None)
+        own terms: what the batch rows and a batched member's stacked step add to the reconstruction."""
+        penalty, extra = self.regulariser(q, z, kl_dims, step, generator)
         weight = self.weight(step)
         if self.scheduled:
             extra["kl_weight"] = torch.tensor(weight)
@@ -129,7 +129,7 @@ class RegularisedElbo:
             noise = torch.randn(q.loc.shape, generator=generator).to(q.loc.device)
             z = q.loc + q.scale * noise
             terms = self.loss_terms(q, z, model.decoder(z).logits, chunk, step, generator)
-            for key, value in row_values(terms).items():
+            for key, value in batch_metrics(terms).items():
                 sums[key] = sums.get(key, 0.0) + value * len(chunk)
         return {key: value / len(images) for key, value in sums.items()}
 
@@ -138,13 +138,3 @@ class RegularisedElbo:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """What :meth:`state_dict` gave, from a checkpoint."""
-
-
-def row_values(terms: Terms) -> dict[str, float]:
-    """A metrics row's values for one batch: the ELBO columns and the objective's own terms."""
-    names = list(terms.extra)
-    values = torch.stack(
-        [terms.loss, terms.reconstruction, terms.kl, terms.recon_nats, terms.kl_nats]
-        + [torch.as_tensor(terms.extra[name], dtype=terms.loss.dtype, device=terms.loss.device) for name in names]
-    ).tolist()
-    return {**terms_row(values[:5]), **dict(zip(names, values[5:]))}

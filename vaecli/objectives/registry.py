@@ -39,8 +39,7 @@ OBJECTIVES: Registry[Callable[[Any], Objective]] = Registry(
 
 def build_objective(cfg: Any) -> Objective:
     """The objective a run's config names (a config from before the registry trains the beta-ELBO)."""
-    name = str(cfg.objective.name) if "objective" in cfg else "beta"
-    return OBJECTIVES.entry(name)(cfg)
+    return objective_class(cfg)(cfg)
 
 
 def objective_class(cfg: Any) -> Any:

@@ -194,7 +194,7 @@ class StackedTrainer(StackedState):
         for slot, i in enumerate(self.running):
             size, objective = self.members[i].latent_size, self.members[i].objective
             q = _Normal(loc[slot, :, :size], scale[slot, :, :size])
-            parts.append(objective.stacked_part(q, z[slot, :, :size], kl[slot, :, :size], step, pixels))
+            parts.append(objective.loss_part(q, z[slot, :, :size], kl[slot, :, :size], step, pixels))
         return parts
 
     def _objective_rows(self, step: int, values: list[list[float]], *stacks: Any) -> dict[int, dict[str, float]]:
