@@ -103,6 +103,26 @@ def fastest_threads(work: Callable[[], object], most: int) -> tuple[int, dict[in
     return min(best, key=lambda count: (best[count], -count)), best
 
 
+def settle_threads(
+    probe: Callable[[], Callable[[], object]],
+    most: int,
+    recorded: int = 0,
+    say: Callable[[str], None] | None = None,
+) -> int:
+    """Set and return torch's thread count: ``recorded`` (the count a run began with: another changes
+    the sums' order, and a continued run must equal an uninterrupted one), else the count at which
+    the work ``probe()`` builds runs fastest now (:func:`fastest_threads`), said through ``say``."""
+    import torch
+
+    chosen = recorded
+    if not chosen:
+        chosen, best = fastest_threads(probe(), most)
+        if best and say is not None:
+            say(describe_probe(chosen, best))
+    torch.set_num_threads(chosen)
+    return chosen
+
+
 def describe_probe(chosen: int, best: dict[int, float]) -> str:
     timed = ", ".join(f"{count}: {seconds * 1000:.2f} ms" for count, seconds in sorted(best.items()))
     return f"threads=0 chose {chosen} thread(s) by timing the step now ({timed} per step)"

@@ -148,7 +148,7 @@ def pick_threads(model: VAE, images: torch.Tensor, latents_per_pass: int) -> int
     """On the CPU, the thread count at which a slice of the bound runs fastest now (every core is 2-3x
     slower than one thread when another process keeps a core busy); the figures' last digits can
     depend on it, as on any change of thread count."""
-    from vaecli.config.runtime import fastest_threads
+    from vaecli.config.runtime import settle_threads
 
     parameter = next(model.parameters())
     if parameter.device.type != "cpu":
@@ -162,9 +162,7 @@ def pick_threads(model: VAE, images: torch.Tensor, latents_per_pass: int) -> int
                 model, sample, latents_per_pass, generator=generator, latents_per_pass=latents_per_pass
             )
 
-    chosen, _ = fastest_threads(work, torch.get_num_threads())
-    torch.set_num_threads(chosen)
-    return chosen
+    return settle_threads(lambda: work, torch.get_num_threads())
 
 
 def evaluate_checkpoint(request: Request) -> list[Path]:

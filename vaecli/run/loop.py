@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from vaecli.config.runtime import describe_probe, fastest_threads, pick_device
+from vaecli.config.runtime import pick_device, settle_threads
 from vaecli.config.schema import test_held_out
 from vaecli.data.sources import DataFile
 from vaecli.data.tensors import Batches, Split, batch_binarizer, binarized, load_split, training_set
@@ -162,15 +162,8 @@ class Loop:
         most = torch.get_num_threads()
         if self.cfg.threads or self.device.type != "cpu":
             return most
-        recorded = resume["training"].get("threads") if resume else None
-        if recorded:
-            torch.set_num_threads(int(recorded))
-            return int(recorded)
-        chosen, best = fastest_threads(self.probe_step(), most)
-        if best:
-            self.say(describe_probe(chosen, best))
-        torch.set_num_threads(chosen)
-        return chosen
+        recorded = int((resume["training"].get("threads") if resume else 0) or 0)
+        return settle_threads(self.probe_step, most, recorded, self.say)
 
     def probe_step(self) -> Callable[[], None]:
         """A training step's arithmetic on a copy of the model (the run's weights, optimizer and random

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vaecli.config.runtime import pick_device
+from vaecli.config.runtime import pick_device, settle_threads
 from vaecli.config.schema import test_held_out
 from vaecli.errors import RunError
 from vaecli.models.likelihoods import run_nats_label
@@ -56,7 +56,7 @@ from vaecli.runfolder import files as run_folder
 from vaecli.runfolder import lock, provenance
 from vaecli.runfolder.metrics import MetricsWriter
 from vaecli.sweep.batched.groups import members_of, settings_of
-from vaecli.sweep.batched.trainer import Failure, StackedTrainer, group_threads
+from vaecli.sweep.batched.trainer import Failure, StackedTrainer, stacked_probe
 from vaecli.sweep.file_helpers import FileHelpers
 
 log = logging.getLogger("vaecli")
@@ -146,7 +146,8 @@ class GroupRun:
         if self.cfgs[0].threads or self.device.type != "cpu":
             return self.threads
         recorded = [start.resume["training"].get("threads") for start in self.starts if start.resume]
-        return group_threads(trainer, self.threads, next((int(count) for count in recorded if count), 0), self.say)
+        first = next((int(count) for count in recorded if count), 0)
+        return settle_threads(lambda: stacked_probe(trainer), self.threads, first, self.say)
 
     def open_members(self, trainer: StackedTrainer) -> None:
         """Each member's metrics.csv (kept up to its checkpoint's rows when it continues, then put back

@@ -346,17 +346,3 @@ def stacked_probe(trainer: StackedTrainer) -> Callable[[], None]:
         optimizer.step()
 
     return step
-
-
-def group_threads(trainer: StackedTrainer, most: int, recorded: int, say: Callable[[str], None]) -> int:
-    """The thread count a group trains at: ``recorded`` (the count its members began with; another
-    changes the sums' order), else the count at which its stacked step runs fastest now."""
-    from vaecli.config.runtime import describe_probe, fastest_threads
-
-    chosen = recorded
-    if not chosen:
-        chosen, best = fastest_threads(stacked_probe(trainer), most)
-        if best:
-            say(describe_probe(chosen, best))
-    torch.set_num_threads(chosen)
-    return chosen
