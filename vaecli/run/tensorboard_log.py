@@ -35,9 +35,8 @@ def scalar_tags(row: Mapping[str, Any]) -> dict[str, float]:
     """
     split = row["split"]
     tags = {}
-    for key in [*SCALAR_KEYS, *(key for key in row if key not in SCALAR_KEYS and key not in PLACE_KEYS)]:
-        value = row.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+    for key, value in row.items():  # the ELBO columns and an objective's own terms alike
+        if key in PLACE_KEYS or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         tags[f"{split}/{key}"] = float(value)
     return tags
