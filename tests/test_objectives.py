@@ -164,3 +164,14 @@ def test_free_bits_floor_each_dimensions_batch_kl():
     q = Normal(loc, torch.ones(2, 2))
     beta.backward(q, torch.zeros(2, 784, requires_grad=True), torch.zeros(2, 784), z=loc, step=1)
     assert loc.grad[:, 0].abs().max() == 0 and loc.grad[:, 1].abs().min() > 0
+
+
+def test_a_figure_title_names_what_the_run_optimised():
+    """loss.png's title: the top-level beta only for the beta objective, another objective's own weights."""
+    from vaecli.objectives.registry import describe_objective
+
+    assert describe_objective(compose([])) == "beta=0.01"
+    assert describe_objective(compose(["objective.free_bits=0.5"])) == "beta=0.01 free_bits=0.5"
+    tcvae = "objective=tcvae alpha=1.0 beta=6.0 gamma=1.0 estimator=mss"
+    assert describe_objective(compose(["objective=tcvae"])) == tcvae
+    assert describe_objective(compose(["objective=dip"])) == "objective=dip variant=i lambda_od=10.0"

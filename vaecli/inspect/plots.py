@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,9 @@ if TYPE_CHECKING:  # torch is for the callers' tensors: `vae sweep --report` nev
 
 # matplotlib's tab10: ten hues that stay apart, one per digit
 TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+TITLE_WIDTH = 56  # characters a line of loss.png's title holds at its size; longer titles wrap
 
 
 def loss_plot(metrics: pd.DataFrame, path: Path, title: str = "") -> Path:
@@ -33,7 +37,7 @@ def loss_plot(metrics: pd.DataFrame, path: Path, title: str = "") -> Path:
         + geom_line()
         + scale_x_log10()
         + scale_y_log10()
-        + labs(x="step", y="per-dimension mean (seed units)", title=title)
+        + labs(x="step", y="per-dimension mean (seed units)", title=textwrap.fill(title, TITLE_WIDTH))
         + theme_bw()
     )
     save_plot(plot, path, width=6, height=4)

@@ -67,3 +67,19 @@ def start_objective(objective: Any, examples: int, total_steps: int, device: tor
         start(examples, total_steps, device)
     except TypeError:  # an objective whose start() takes no device
         start(examples, total_steps)
+
+
+SCHEDULE_KEYS = ("warmup_steps", "cycles", "free_bits")  # every objective's; named only when set
+
+
+def describe_objective(cfg: Any) -> str:
+    """What a run optimised, for a figure's title: ``beta=0.01``, or ``objective=tcvae alpha=1.0 beta=6.0 ...``
+    (the top-level beta only where it is used; the discriminator's architecture left out)."""
+    objective = cfg.get("objective") or {}
+    name = str(objective.get("name", "beta"))
+    settings = [
+        f"{key}={value}"
+        for key, value in objective.items()
+        if key != "name" and not key.startswith("disc_") and value is not None and (key not in SCHEDULE_KEYS or value)
+    ]
+    return " ".join([f"beta={cfg.beta}" if name == "beta" else f"objective={name}", *settings])

@@ -307,6 +307,7 @@ def draw_loss_figure(rows: list[dict[str, Any]], out_dir: Path, cfg: DictConfig)
     import pandas as pd
 
     from vaecli.inspect import plots
+    from vaecli.objectives.registry import describe_objective
 
-    title = f"beta={cfg.beta}, latent_size={cfg.latent_size}"
+    title = f"{describe_objective(cfg)}, latent_size={cfg.latent_size}"
     plots.loss_plot(pd.DataFrame(rows), out_dir / run_folder.LOSS_PNG, title=title)
