@@ -1,9 +1,12 @@
 """The datasets ``data=<name>`` picks from: each module of this folder registers its own.
 
-A dataset is an object with ``ensure(root, say) -> Path`` (find, fetch and verify its files under
-``root`` before any run folder exists: :class:`vaecli.data.sources.DataUnavailableError` when it
-cannot), ``split(root, train, limit, say) -> Split`` (one split in memory, every image a float
-row in [0, 1]) and ``where(root) -> str`` (what ``vae data`` reports). See docs/extending.md.
+A dataset is an object with ``ensure(root, say, options) -> Path`` (find, fetch, verify or decode
+its files under ``root`` before any run folder exists: :class:`vaecli.data.sources.DataUnavailableError`
+when it cannot), ``split(root, train, limit, say, options) -> Split`` (one split in memory, every
+image a float row in [0, 1]), ``shape(options) -> (channels, height, width)`` and
+``where(root, options) -> str`` (what ``vae data`` reports). ``options`` is the run's ``data``
+config node, for datasets with settings of their own (``data=folder``'s path and size); MNIST
+ignores it. See docs/extending.md.
 """
 
 from __future__ import annotations
@@ -13,3 +16,12 @@ from typing import Any
 from vaecli.registry import Registry
 
 DATASETS: Registry[Any] = Registry("dataset", "data.name", "vaecli.data", group="data")
+
+MNIST_SHAPE = (1, 28, 28)
+
+
+def image_shape(data: Any) -> tuple[int, int, int]:
+    """(channels, height, width) of the images ``data`` (a run's ``data`` config node) describes."""
+    entry = DATASETS.entry(str(data.name))
+    shape = getattr(entry, "shape", None)
+    return tuple(shape(data)) if shape is not None else MNIST_SHAPE

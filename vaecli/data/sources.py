@@ -21,11 +21,12 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vaecli.atomic import atomic_write_bytes
-from vaecli.data.registry import DATASETS
+from vaecli.data.registry import DATASETS, MNIST_SHAPE
 from vaecli.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,17 @@ class DatasetSpec:
         return root / self.torchvision_class / "raw"
 
     # the dataset interface (vaecli.data.registry)
-    def ensure(self, root: Path, say: Callable[[str], None] = log.info) -> Path:
+    def ensure(self, root: Path, say: Callable[[str], None] = log.info, options: Any = None) -> Path:
         return ensure_dataset(self, root, say)
 
-    def split(self, root: Path, train: bool, limit: int | None = None, say: Callable[[str], None] | None = None):
+    def split(
+        self,
+        root: Path,
+        train: bool,
+        limit: int | None = None,
+        say: Callable[[str], None] | None = None,
+        options: Any = None,
+    ):
         """One split read from its verified IDX files (torchvision's layout; its processed/*.pt never)."""
         from vaecli.data.tensors import Split, as_float_images
 
@@ -68,10 +76,13 @@ class DatasetSpec:
         pixels, labels = pixels[:limit], labels[:limit]  # a view: only the images kept are converted
         return Split(as_float_images(pixels), as_labels(labels), files=(image_file, label_file))
 
-    def where(self, root: Path) -> str:
+    def shape(self, options: Any = None) -> tuple[int, int, int]:
+        return MNIST_SHAPE
+
+    def where(self, root: Path, options: Any = None) -> str:
         return f"{len(IDX_FILES)} verified files under {self.raw_dir(root)}"
 
-    def count(self, root: Path, train: bool) -> int:
+    def count(self, root: Path, train: bool, options: Any = None) -> int:
         """Images in a split, from its IDX header (the file already verified by :meth:`ensure`)."""
         name = f"{'train' if train else 't10k'}-images-idx3-ubyte"
         path = next(path for path in candidates(self, Path(root).expanduser(), name) if path.is_file())
@@ -333,12 +344,13 @@ def as_labels(labels: np.ndarray):
     return torch.from_numpy(labels.astype("int64"))
 
 
-def ensure_data(name: str, root: Path) -> Path:
-    """One dataset verified (or fetched) under ``root``, its progress on stderr (what the CLI uses)."""
+def ensure_data(name: str, root: Path, options: Any = None) -> Path:
+    """One dataset verified (or fetched, or decoded) under ``root``, its progress on stderr (what the CLI uses)."""
     from rich.console import Console
 
     console = Console(stderr=True)
-    return DATASETS.entry(name).ensure(root, say=lambda message: console.print(f"[dim]{message}[/dim]"))
+    say = lambda message: console.print(f"[dim]{message}[/dim]")  # noqa: E731
+    return DATASETS.entry(name).ensure(root, say=say, options=options)
 
 
 __all__ = [

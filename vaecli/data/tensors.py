@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ DYNAMIC_SEED_OFFSET = 7_919  # the dynamic stream starts from run seed + offset,
 
 @dataclass
 class Split:
-    images: torch.Tensor  # float32 (n, 784) in [0, 1]
+    images: torch.Tensor  # float32 (n, channels * height * width) in [0, 1]: rows, channel-major
     labels: torch.Tensor  # int64 (n,)
     files: tuple[DataFile, ...] = ()  # what it was read from, with the MD5 of the bytes parsed
 
@@ -50,9 +51,11 @@ def load_split(
     train: bool,
     limit: int | None = None,
     say: Callable[[str], None] | None = None,
+    options: Any = None,
 ) -> Split:
-    """One split of the registered dataset ``name``, verified (or fetched) under ``root``."""
-    return DATASETS.entry(name).split(Path(root).expanduser(), train, limit, say)
+    """One split of the registered dataset ``name``, verified (or fetched) under ``root``; ``options``
+    is the run's ``data`` node, for a dataset with settings of its own (``data=folder``)."""
+    return DATASETS.entry(name).split(Path(root).expanduser(), train, limit, say, options=options)
 
 
 def as_float_images(pixels) -> torch.Tensor:

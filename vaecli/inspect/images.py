@@ -1,7 +1,10 @@
 """Every image grid the tool writes: run figures, inspection pictures and sweep montages.
 
 Tiles are torchvision's ``make_grid`` with 2-pixel grey padding; labelled pictures add white
-margins with text (PIL). Their sizes are :func:`grid_size` and :func:`labelled_size`.
+margins with text (PIL). Their sizes are :func:`grid_size` and :func:`labelled_size`. Images come
+as flat rows (or already as (n, channels, height, width)); a row's shape follows from its length,
+since every dataset gives square images: side * side values are grey, 3 * side * side colour
+(3 s^2 is never a square, so the two cannot be confused).
 """
 
 from __future__ import annotations
@@ -17,13 +20,26 @@ from PIL import Image, ImageDraw, ImageFont
 if TYPE_CHECKING:  # torch and torchvision (whose import alone takes ~2.5 s) load where a grid is made
     import torch
 
-TILE = 28
+TILE = 28  # MNIST's side, the default of the size formulas
 PADDING = 2
 
 
+def tile_shape(values: int) -> tuple[int, int, int]:
+    """(channels, side, side) of a square image given as ``values`` numbers in a row."""
+    for channels in (1, 3):
+        side = math.isqrt(values // channels)
+        if channels * side * side == values:
+            return channels, side, side
+    raise ValueError(f"{values} values per image are no square grey or colour image")
+
+
 def as_tiles(images: torch.Tensor) -> torch.Tensor:
-    """(n, 784) or (n, 28, 28) pixel intensities -> (n, 1, 28, 28) for torchvision."""
-    return images.detach().float().cpu().reshape(-1, 1, TILE, TILE).clamp(0, 1)
+    """Rows of pixel intensities (or images already (n, c, h, w)) -> (n, c, h, w) in [0, 1] for torchvision."""
+    images = images.detach().float().cpu()
+    if images.dim() != 4:
+        images = images.reshape(len(images), -1) if images.dim() > 1 else images.reshape(1, -1)
+        images = images.reshape(-1, *tile_shape(images.shape[-1]))
+    return images.clamp(0, 1)
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int) -> Path:
@@ -41,9 +57,9 @@ def grid_tensor(images: torch.Tensor, columns: int) -> torch.Tensor:
     return make_grid(as_tiles(images), nrow=columns, padding=PADDING, pad_value=0.5)
 
 
-def grid_size(rows: int, columns: int) -> tuple[int, int]:
-    """(height, width) in pixels of a grid that ``save_grid`` writes."""
-    return rows * (TILE + PADDING) + PADDING, columns * (TILE + PADDING) + PADDING
+def grid_size(rows: int, columns: int, tile: int = TILE) -> tuple[int, int]:
+    """(height, width) in pixels of a grid of ``tile``-pixel images that ``save_grid`` writes."""
+    return rows * (tile + PADDING) + PADDING, columns * (tile + PADDING) + PADDING
 
 
 FONT_SIZE = 10  # pixels at scale 1; labels scale with the picture
@@ -63,25 +79,30 @@ AXES = Margins(top=28, left=40)  # a title line and a value per column above, a 
 ROW_LABELS = Margins(top=28, left=76)  # room for "z10  KL 12.34" at each row's start
 
 
-def labelled_size(rows: int, columns: int, margins: Margins = NO_MARGINS, scale: int = 1) -> tuple[int, int]:
+def labelled_size(
+    rows: int, columns: int, margins: Margins = NO_MARGINS, scale: int = 1, tile: int = TILE
+) -> tuple[int, int]:
     """(height, width) in pixels of a picture this module writes.
 
-    height = scale * (margins.top + rows * 30 + 2), width = scale * (margins.left + columns * 30 + 2):
-    28-pixel tiles with 2-pixel padding (``grid_size``), plus margins, all upscaled.
+    height = scale * (margins.top + rows * (tile + 2) + 2), width likewise with columns and margins.left:
+    tiles with 2-pixel padding (``grid_size``), plus margins, all upscaled.
     """
-    height, width = grid_size(rows, columns)
+    height, width = grid_size(rows, columns, tile)
     return scale * (margins.top + height), scale * (margins.left + width)
 
 
 def grid_image(images: torch.Tensor, columns: int, scale: int = 1) -> Image.Image:
-    """Tiles as a greyscale image, the same pixels ``save_grid`` writes, upscaled by ``scale``."""
+    """Tiles as a greyscale (or colour) image, the same pixels ``save_grid`` writes, upscaled by ``scale``."""
     import torch
 
-    grid = grid_tensor(images, columns)[0]
-    if len(images) == 1:  # make_grid leaves a lone tile unpadded; keep grid_size's formula true
+    tiles = as_tiles(images)
+    grid = grid_tensor(tiles, columns)
+    if len(tiles) == 1:  # make_grid leaves a lone tile unpadded; keep grid_size's formula true
         grid = torch.nn.functional.pad(grid, (PADDING,) * 4, value=0.5)
-    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
-    image = Image.fromarray(pixels, mode="L")
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    colour = tiles.shape[1] == 3
+    array = pixels.permute(1, 2, 0).numpy() if colour else pixels[0].numpy()
+    image = Image.fromarray(array, mode="RGB" if colour else "L")
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
 
@@ -94,7 +115,7 @@ def put(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, face: Any
     left, top, right, bottom = draw.textbbox((0, 0), text, font=face)
     width, height = right - left, bottom - top
     x = {"left": xy[0], "centre": xy[0] - width / 2, "right": xy[0] - width}[align]
-    draw.text((x - left, xy[1] - height / 2 - top), text, fill=0, font=face)
+    draw.text((x - left, xy[1] - height / 2 - top), text, fill="black", font=face)
 
 
 def labelled_grid(
@@ -107,14 +128,17 @@ def labelled_grid(
     title: str = "",
 ) -> Image.Image:
     """A tile grid with a label above each column and beside each row, and a title line on top."""
-    rows = math.ceil(len(images) / columns)
-    height, width = labelled_size(rows, columns, margins, scale)
-    canvas = Image.new("L", (width, height), 255)
-    canvas.paste(grid_image(images, columns, scale), (margins.left * scale, margins.top * scale))
+    tiles = as_tiles(images)
+    tile = tiles.shape[-1]
+    rows = math.ceil(len(tiles) / columns)
+    height, width = labelled_size(rows, columns, margins, scale, tile)
+    grid = grid_image(tiles, columns, scale)
+    canvas = Image.new(grid.mode, (width, height), "white")
+    canvas.paste(grid, (margins.left * scale, margins.top * scale))
     draw, face = ImageDraw.Draw(canvas), font(scale)
-    pitch = (TILE + PADDING) * scale
-    first_x = (margins.left + PADDING + TILE / 2) * scale
-    first_y = (margins.top + PADDING + TILE / 2) * scale
+    pitch = (tile + PADDING) * scale
+    first_x = (margins.left + PADDING + tile / 2) * scale
+    first_y = (margins.top + PADDING + tile / 2) * scale
     label_y, title_y, row_x = (margins.top - 7) * scale, 7 * scale, (margins.left - 4) * scale
     for column, label in enumerate(column_labels):
         put(draw, (first_x + column * pitch, label_y), label, face, "centre")

@@ -24,7 +24,7 @@ import torch
 
 from vaecli.config.runtime import return_freed_memory
 from vaecli.errors import UsageError
-from vaecli.models.likelihoods import cb_log_normalizer
+from vaecli.models.likelihoods import DISCRETISED, cb_log_normalizer, nll_rows
 from vaecli.models.mlp import VAE
 from vaecli.objectives.beta import kl_to_standard_normal
 
@@ -133,17 +133,38 @@ class PixelLogDensity:
         return log_density - softplus_sum_from_magnitudes(logit_sum, magnitudes).view(shape)
 
 
+class DecodedLogDensity:
+    """sum over sub-pixels of log p(x|z) through the decoder itself: any architecture and likelihood
+    (:class:`PixelLogDensity` is the MLP's faster route for a logit per sub-pixel)."""
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor):
+        self.decoder, self.x = model.decoder, x
+        self.dtype = accumulation_dtype(x.device)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """z (s, b, d) -> log p(x_b | z_sb) of shape (s, b)."""
+        outputs = self.decoder(z).logits
+        return -nll_rows(outputs, self.x.expand(z.shape[0], *self.x.shape), self.decoder.likelihood).to(self.dtype)
+
+
+def pixel_log_density(model: torch.nn.Module, x: torch.Tensor) -> PixelLogDensity | DecodedLogDensity:
+    """The fast MLP route where it applies (a linear last layer giving one logit per sub-pixel), else the decoder's."""
+    if isinstance(model, VAE) and model.likelihood != DISCRETISED:
+        return PixelLogDensity(model, x)
+    return DecodedLogDensity(model, x)
+
+
 def log_weights(model: VAE, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log w and log p(x|z) (both (s, b)) for z = loc + scale * noise, noise (s, b, d) standard normal.
 
     log q(z|x) - log p(z) = sum_d [-noise^2/2 - log scale + z^2/2] (the log 2pi terms cancel).
     """
     q = model.encoder(x)
-    return _log_weights(q.loc, q.scale, PixelLogDensity(model, x), noise)
+    return _log_weights(q.loc, q.scale, pixel_log_density(model, x), noise)
 
 
 def _log_weights(
-    loc: torch.Tensor, scale: torch.Tensor, log_density: PixelLogDensity, noise: torch.Tensor
+    loc: torch.Tensor, scale: torch.Tensor, log_density: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     z = loc + scale * noise
     log_px_z = log_density(z)
@@ -178,7 +199,7 @@ def importance_weighted_bound(
         raise UsageError(f"latents_per_pass={latents_per_pass} must be at least 1")
     if len(images) == 0:
         raise UsageError("no images to evaluate")
-    device = model.decoder.head.weight.device
+    device = model.decoder.head.weight.device  # every registered model's decoder names its output layer head
     dtype = accumulation_dtype(device)
     per_chunk, per_pass = chunk_sizes(k, latents_per_pass)
     results: dict[str, list[torch.Tensor]] = {"iwae": [], "elbo": [], "reconstruction": [], "kl": []}
@@ -186,7 +207,7 @@ def importance_weighted_bound(
     for x in images.split(per_chunk):
         x = x.to(device)
         q = model.encoder(x)
-        log_density = PixelLogDensity(model, x)
+        log_density = pixel_log_density(model, x)
         log_sum = torch.full((len(x),), -math.inf, dtype=dtype, device=device)
         weight_sum = torch.zeros(len(x), dtype=dtype, device=device)
         nll_sum = torch.zeros(len(x), dtype=dtype, device=device)

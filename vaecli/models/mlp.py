@@ -6,6 +6,7 @@ Returning ``torch.distributions`` objects keeps the loss reading like the math
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,11 @@ from torch.distributions import Distribution, Normal
 from torch.nn import functional as F
 
 from vaecli.config.schema import choice, rule
-from vaecli.models.likelihoods import LIKELIHOODS, pixel_distribution
+from vaecli.data.registry import MNIST_SHAPE, image_shape
+from vaecli.models.likelihoods import LIKELIHOODS, outputs_per_pixel, pixel_distribution
 from vaecli.models.registry import MODELS
 
-IMAGE_SIZE = 28 * 28
+IMAGE_SIZE = 28 * 28  # the seed's images: MNIST's 28 x 28 grey pixels
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -66,10 +68,11 @@ class Encoder(nn.Module):
         min_scale: float = 1e-4,
         activation: str = "relu",
         scale: str = "softplus",
+        pixels: int = IMAGE_SIZE,
     ):
         super().__init__()
-        self.body = mlp([IMAGE_SIZE, *hidden_sizes], activation)
-        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else IMAGE_SIZE, 2 * latent_size)
+        self.body = mlp([pixels, *hidden_sizes], activation)
+        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else pixels, 2 * latent_size)
         self.min_scale, self.scale = min_scale, scale
 
     def forward(self, x: torch.Tensor) -> Normal:
@@ -80,14 +83,19 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z -> p(x|z), independent pixels given by their logits: Bernoulli or continuous Bernoulli."""
+    """z -> p(x|z), independent sub-pixels given by their logits (two outputs each for the discretised logistic)."""
 
     def __init__(
-        self, hidden_sizes: Sequence[int], latent_size: int, likelihood: str = "bernoulli", activation: str = "relu"
+        self,
+        hidden_sizes: Sequence[int],
+        latent_size: int,
+        likelihood: str = "bernoulli",
+        activation: str = "relu",
+        pixels: int = IMAGE_SIZE,
     ):
         super().__init__()
         self.body = mlp([latent_size, *hidden_sizes], activation)
-        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else latent_size, IMAGE_SIZE)
+        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else latent_size, pixels * outputs_per_pixel(likelihood))
         self.likelihood = likelihood
 
     def forward(self, z: torch.Tensor) -> Distribution:
@@ -106,15 +114,17 @@ class VAE(nn.Module):
         init: str = "seed",
         scale: str = "softplus",
         output_bias: str = "zero",
+        image_shape: Sequence[int] = MNIST_SHAPE,
     ):
         super().__init__()
         known = likelihood in LIKELIHOODS and activation in ACTIVATIONS and init in INITS
         if not known or scale not in SCALES or output_bias not in OUTPUT_BIASES:
             raise ValueError(f"{likelihood!r}, {activation!r}, {init!r}, {scale!r} or {output_bias!r} is not known")
-        self.latent_size = latent_size
+        self.latent_size, self.image_shape = latent_size, tuple(image_shape)
         self.likelihood, self.activation, self.output_bias = likelihood, activation, output_bias
-        self.encoder = Encoder(hidden_sizes, latent_size, min_scale, activation, scale)
-        self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size, likelihood, activation)
+        pixels = math.prod(self.image_shape)
+        self.encoder = Encoder(hidden_sizes, latent_size, min_scale, activation, scale, pixels)
+        self.decoder = Decoder(list(reversed(hidden_sizes)), latent_size, likelihood, activation, pixels)
         self.apply(INITS[init])
 
     @torch.no_grad()
@@ -124,7 +134,7 @@ class VAE(nn.Module):
         image (Burda et al.'s code, yburda/iwae: datasets.get_train_bias_np); a no-op otherwise."""
         if self.output_bias == "data_mean":
             mean = images.float().mean(0).clamp(0.001, 0.999).to(self.decoder.head.bias.device)
-            self.decoder.head.bias.copy_(torch.logit(mean))
+            self.decoder.head.bias[: mean.numel()].copy_(torch.logit(mean))  # mu's half for a discretised logistic
 
     def prior(self, batch_shape: Sequence[int] = ()) -> Normal:
         zeros = torch.zeros(*batch_shape, self.latent_size, device=self.decoder.head.weight.device)
@@ -146,7 +156,8 @@ class MlpConfig:
         lambda sizes: all(size >= 1 for size in sizes), "sizes must be >= 1", default_factory=lambda: [100, 100]
     )
     min_scale: float = rule(lambda value: value > 0, "must be > 0", default=1e-4)  # floor under the posterior scale
-    # or continuous_bernoulli: a normalised density on [0, 1] for grey levels
+    # or continuous_bernoulli: a normalised density on [0, 1] for grey levels; or discretised_logistic:
+    # a probability of 8-bit sub-pixels with a learned scale (colour images; nats and bits/dim)
     likelihood: str = choice(LIKELIHOODS, "bernoulli")
     activation: str = choice(tuple(ACTIVATIONS), "relu")  # or tanh (Burda et al.)
     init: str = choice(tuple(INITS), "seed")  # or glorot: Glorot & Bengio's uniform (Burda et al.)
@@ -165,6 +176,7 @@ def build_mlp(cfg: Any) -> VAE:
         init=str(cfg.model.get("init", "seed")),
         scale=str(cfg.model.get("scale", "softplus")),
         output_bias=str(cfg.model.get("output_bias", "zero")),
+        image_shape=image_shape(cfg.data),
     )
 
 

@@ -13,7 +13,7 @@ import signal
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vaecli.config import extras
 from vaecli.config.hydra_bridge import compose, has_key, hydra_call, hydra_main, print_config, quote_value
@@ -119,10 +119,16 @@ def preflight(configs: Iterable[DictConfig]) -> None:
         extras.require("tensorboard", "logger=tensorboard")
     for device in sorted({cfg.device for cfg in configs}):
         pick_device(device)
-    for name, root in sorted({(cfg.data.name, cfg.data.root) for cfg in configs}):
+    seen: set[str] = set()
+    for cfg in configs:  # once per distinct data node: a folder dataset's path and size are part of it
+        key = repr(sorted(OmegaConf.to_container(cfg.data, resolve=True).items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        root = str(cfg.data.root)
         if Path(root).expanduser().exists() and not Path(root).expanduser().is_dir():
             raise UsageError(f"data.root={root} is a file, not a folder: point data.root at a folder for the datasets")
-        ensure_data(name, Path(root))
+        ensure_data(str(cfg.data.name), Path(root), cfg.data)
     for cfg in configs:
         check_batch(cfg)
         check_objective(cfg)
@@ -136,9 +142,9 @@ def check_batch(cfg: DictConfig) -> None:
     if count is None:  # a registered dataset that cannot count its images before loading them
         return
     root = Path(cfg.data.root).expanduser()
-    images = min(count(root, True), cfg.data.limit or math.inf)
+    images = min(count(root, True, cfg.data), cfg.data.limit or math.inf)
     if cfg.data.train_on == "all":
-        images += min(count(root, False), cfg.data.test_limit or math.inf)
+        images += min(count(root, False, cfg.data), cfg.data.test_limit or math.inf)
     if cfg.train.batch_size > images:
         raise UsageError(
             f"train.batch_size={cfg.train.batch_size} is larger than the {int(images)} training images "

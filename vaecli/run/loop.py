@@ -211,6 +211,8 @@ class Loop:
             if start
             else f"training {self.steps} steps on {where}"
         )
+        if hasattr(model, "describe"):  # how an architecture adapted to this data's images
+            self.say(model.describe())
         record = provenance.collect(self.cfg, self.device, torch.get_num_threads(), self.data_files)
         provenance.write(self.out_dir, record, start)
         self.checkpoints.saved()
@@ -321,8 +323,10 @@ class Loop:
 
 def load_data(cfg: Any, say: Callable[[str], None]) -> tuple[torch.Tensor, Split, tuple[DataFile, ...]]:
     """The images to train on (the test set included when ``data.train_on=all``), the test split, the files read."""
-    train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say)
-    test_split = load_split(cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say)
+    train_split = load_split(cfg.data.name, cfg.data.root, train=True, limit=cfg.data.limit, say=say, options=cfg.data)
+    test_split = load_split(
+        cfg.data.name, cfg.data.root, train=False, limit=cfg.data.test_limit, say=say, options=cfg.data
+    )
     files = train_split.files + test_split.files
     images = training_set(train_split, test_split, cfg.data.train_on, cfg.data.binarize).images
     return images, binarized(test_split, cfg.data.binarize, train=False), files  # grey, or the fixed binary test set

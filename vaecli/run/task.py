@@ -249,7 +249,7 @@ def run_events(cfg: DictConfig, out_dir: Path, resumed_from: int = 0) -> RunEven
     from vaecli.run.tensorboard_log import RunEvents
 
     shown = {key: value for key, value in resuming.deciding_config(cfg).items() if key != "logger"}  # HParams columns
-    return RunEvents(out_dir, shown, data=(cfg.data.name, cfg.data.root), resumed_from=resumed_from)
+    return RunEvents(out_dir, shown, data=cfg.data, resumed_from=resumed_from)
 
 
 def save_run(

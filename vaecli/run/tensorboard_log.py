@@ -141,10 +141,10 @@ class RunEvents:
     table shows the members that did not finish too.
     """
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any], data: tuple[str, str], resumed_from: int = 0):
-        """``config``: the run's config as its HParams row shows it; ``data``: the dataset's name and
-        root, where the test images of the pictures come from; ``resumed_from``: the checkpoint's
-        step when the run continues."""
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], data: Any, resumed_from: int = 0):
+        """``config``: the run's config as its HParams row shows it; ``data``: the run's ``data`` node
+        (name, root and the dataset's own settings), where the test images of the pictures come from;
+        ``resumed_from``: the checkpoint's step when the run continues."""
         self.config = config
         self.data = data
         self.outcome = "ok"  # the run's status when the block ends without an error ("interrupted")
@@ -165,7 +165,7 @@ class RunEvents:
         from vaecli.measure import latents
 
         if self.test_images is None:
-            self.test_images = first_test_images(*self.data, latents.RUN_ORIGINALS)
+            self.test_images = first_test_images(self.data, latents.RUN_ORIGINALS)
         model.eval()
         for name, (tiles, columns) in latents.run_pictures(model, self.test_images).items():
             self.events.image(f"images/{name}", images.grid_tensor(tiles, columns), self.step)
@@ -186,11 +186,11 @@ class RunEvents:
             self.events.close()
 
 
-def first_test_images(name: str, root: str, count: int) -> Any:
+def first_test_images(data: Any, count: int) -> Any:
     """The test images the run's figures show (the loop keeps its test split to itself)."""
     from vaecli.data.tensors import load_split
 
-    return load_split(name, root, train=False, limit=count).images
+    return load_split(str(data.name), str(data.root), train=False, limit=count, options=data).images
 
 
 def session_end(outcome: str) -> Any:

@@ -6,6 +6,7 @@ on any device: tensors are saved on the CPU and loaded onto the CPU first.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from omegaconf import DictConfig
 
 from vaecli.atomic import atomic_write
 from vaecli.config.runtime import pick_device
-from vaecli.data.registry import DATASETS
+from vaecli.data.registry import DATASETS, MNIST_SHAPE
 from vaecli.data.sources import DataUnavailableError
 from vaecli.data.tensors import Split, load_split
 from vaecli.errors import RunError, UsageError, first_line
@@ -200,9 +201,16 @@ class Loaded:
             raise UsageError(f"{self.file} was trained on unknown dataset {name!r}")
         root = data_root or str(self.config.data.root)
         try:
-            return load_split(name, root, train=split == "train", limit=count)
+            data = load_split(name, root, train=split == "train", limit=count, options=self.config.data)
         except DataUnavailableError as error:
             raise RunError(f"{first_line(error)}; or pass --data-root") from None
+        shape = tuple(getattr(self.model, "image_shape", MNIST_SHAPE))
+        if data.images.shape[-1] != math.prod(shape):
+            raise UsageError(
+                f"{self.file} was trained on {'x'.join(map(str, shape))} images, but its data ({name}) now gives "
+                f"{data.images.shape[-1]} values per image: point data at the images it was trained on"
+            )
+        return data
 
 
 def load_model(path: str | Path, device: str = "auto") -> Loaded:

@@ -89,6 +89,8 @@ def collect(cfg: Any, device: Any, threads: int, data_files: Iterable[Any]) -> d
 
         record["gpu"] = torch.cuda.get_device_name(device)
     record["data"] = {"name": str(cfg.data.name), "files": [asdict(file) for file in data_files]}
+    if cfg.data.get("path") is not None:  # data=folder: the folder read (its decoded cache is the file above)
+        record["data"]["folder"] = str(Path(str(cfg.data.path)).expanduser().resolve())
     return record
 
 
