@@ -164,6 +164,9 @@ def data(
     unknown = [name for name in names if name not in DATASETS]
     if unknown:
         raise UsageError(f"unknown dataset {unknown[0]!r}; choose from: {', '.join(DATASETS)}")
+    local = [name for name in names if getattr(DATASETS[name], "needs_options", False)]
+    if local:
+        raise UsageError(f"data={local[0]} is read from data.path=DIR when a run starts: there is nothing to fetch")
     folder = Path(root).expanduser() if root else default_root()
     for name in names:
         ensure_data(name, folder)

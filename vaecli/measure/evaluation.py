@@ -35,7 +35,7 @@ from vaecli.runfolder.checkpoint import Loaded, load_model
 log = logging.getLogger("vaecli")
 BOUND_SEED_OFFSET, LATENT_SEED_OFFSET = 0, 1  # separate noise streams: k does not change the I(x; z) draws
 BINARIZED = {
-    "none": "grey-level pixels (not binarised)",
+    "none": "8-bit pixel values in [0, 1] (not binarised)",
     "static": "binarised pixels (one fixed draw, data.binarize=static)",
     "dynamic": "binarised pixels (trained on fresh draws; evaluated on one fixed draw, data.binarize=dynamic)",
 }
