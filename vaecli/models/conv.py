@@ -87,7 +87,11 @@ class ConvDecoder(nn.Module):
             layers.append(nn.ConvTranspose2d(widths[index + 1], widths[index], KERNEL, STRIDE, PADDING, extra))
             layers.append(nn.ReLU())
         self.deconvs = nn.Sequential(*layers[:-1])  # no activation on the outputs
-        self.head = self.deconvs[-1]  # the output layer (its weight's device is the model's)
+
+    @property
+    def head(self) -> nn.Module:
+        """The output layer (not a second registration of it: state_dict names each weight once)."""
+        return self.deconvs[-1]
 
     def forward(self, z: torch.Tensor) -> Distribution:
         lead = z.shape[:-1]

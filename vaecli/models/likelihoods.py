@@ -78,7 +78,8 @@ def logit_gradient(logits: torch.Tensor, x: torch.Tensor, likelihood: str, weigh
     if likelihood == DISCRETISED:  # no closed form worth keeping: autograd through its log-mass
         with torch.enable_grad():
             outputs = logits.detach().requires_grad_(True)
-            (gradient,) = torch.autograd.grad(nll_sum(outputs, x, likelihood, stacked=outputs.dim() == 3), outputs)
+            total = nll_sum(outputs, x, likelihood, stacked=outputs.dim() == 3).sum()  # per member when stacked
+            (gradient,) = torch.autograd.grad(total, outputs)
         return gradient.mul_(weight)
     mean = cb_mean if likelihood == "continuous_bernoulli" else torch.sigmoid
     return mean(logits.detach()).sub_(x).mul_(weight)

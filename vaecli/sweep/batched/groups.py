@@ -23,11 +23,11 @@ from vaecli.run.schedules import lr_changes
 from vaecli.sweep.batched.trainer import GroupSettings, Member
 
 MEMBER_KEYS = ("beta", "seed", "latent_size")  # may differ inside a group
-STACKED = {  # what the stacked model and trainer implement
-    "model.name": "mlp",
-    "model.init": "seed",
-    "model.scale": "softplus",
-    "model.output_bias": "zero",
+STACKED = {  # what the stacked models and trainer implement (a key a model lacks is no obstacle)
+    "model.name": ("mlp", "conv"),  # mlp: StackedVAE (batched matrix products); conv: GroupedConvStack
+    "model.init": ("seed",),
+    "model.scale": ("softplus",),
+    "model.output_bias": ("zero",),
 }
 
 
@@ -36,9 +36,20 @@ def stackable(cfg: Any) -> bool:
     the basic launcher, inside the batched launcher's process)."""
     for key, supported in STACKED.items():
         value = OmegaConf.select(cfg, key)
-        if value is not None and value != supported:
+        if value is not None and value not in supported:
             return False
     return True
+
+
+def member_builder(cfg: Any) -> Any:
+    """``latent_size -> model``: a member's architecture built as its solo run builds it, at any latent size."""
+    from vaecli.models.registry import build_model
+
+    def build(latent_size: int) -> Any:
+        member = OmegaConf.merge(cfg, {"latent_size": latent_size})
+        return build_model(member)
+
+    return build
 
 
 IGNORED_KEYS = ("threads", "train.progress")  # change nothing a member computes
@@ -112,11 +123,13 @@ def settings_of(cfg: Any, examples: int) -> GroupSettings:
         eval_every=cfg.train.eval_every,
         hidden_sizes=tuple(int(size) for size in cfg.model.hidden_sizes),
         min_scale=float(cfg.model.min_scale),
+        model=str(cfg.model.get("name", "mlp")),
+        build=None if cfg.model.get("name", "mlp") == "mlp" else member_builder(cfg),
         betas=(float(cfg.train.adam_betas[0]), float(cfg.train.adam_betas[1])),
         eps=float(cfg.train.adam_eps),
         lr_changes=tuple(sorted(lr_changes(cfg.train, per_epoch, steps).items())),
         likelihood=str(cfg.model.likelihood),
-        activation=str(cfg.model.activation),
+        activation=str(cfg.model.get("activation", "relu")),
         binarize=str(cfg.data.binarize),
     )
 

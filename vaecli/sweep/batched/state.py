@@ -22,6 +22,7 @@ from vaecli.run.loop import make_optimizer
 from vaecli.run.schedules import set_lr
 from vaecli.sweep.batched.model import StackedVAE
 from vaecli.sweep.batched.streams import NoiseStreams, StackedBatches, solo_start
+from vaecli.sweep.batched.vmapped import GroupedConvStack
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class GroupSettings:
     lr_changes: tuple[tuple[int, float], ...] = ()  # (step, lr) where the lr schedule starts a stage
     likelihood: str = "bernoulli"
     activation: str = "relu"
+    model: str = "mlp"  # mlp: StackedVAE; conv: GroupedConvStack
+    build: Any = field(default=None, compare=False)  # latent_size -> a member's model, for every model but mlp
     binarize: str = "none"  # only "dynamic" concerns the loop (a fresh draw of each member's batch)
 
 
@@ -82,6 +85,13 @@ class MemberResult:
         return last
 
 
+def stacked_model(models: Sequence[torch.nn.Module], settings: GroupSettings) -> torch.nn.Module:
+    """The members as one model: the MLP by hand (StackedVAE), the conv net as grouped convolutions."""
+    if settings.model == "mlp":
+        return StackedVAE(models)
+    return GroupedConvStack(models, settings.build)
+
+
 class StackedState:
     """A group's members as stacks: one stacked model, one Adam over it, each member's own streams.
 
@@ -99,7 +109,7 @@ class StackedState:
     ):
         self.members, self.settings, self.device = list(members), settings, torch.device(device)
         starts = [solo_start(m.seed, m.latent_size, settings) for m in self.members]
-        self.model = StackedVAE([model for model, _ in starts]).to(self.device)
+        self.model = stacked_model([model for model, _ in starts], settings).to(self.device)
         self.optimizer = self._adam(self.model)
         self.binarizers = [batch_binarizer(settings.binarize, m.seed, self.device) for m in self.members]
         self.train_images, self.test_images = train_images.to(self.device), test_images.to(self.device)

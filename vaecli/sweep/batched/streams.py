@@ -25,12 +25,16 @@ def solo_start(seed: int, latent_size: int, settings: Any) -> tuple[VAE, torch.G
     saved = torch.get_rng_state()
     try:
         torch.manual_seed(seed)
-        model = VAE(
-            latent_size=latent_size,
-            hidden_sizes=list(settings.hidden_sizes),
-            min_scale=settings.min_scale,
-            likelihood=settings.likelihood,
-            activation=settings.activation,
+        model = (
+            settings.build(latent_size)
+            if getattr(settings, "build", None) is not None
+            else VAE(
+                latent_size=latent_size,
+                hidden_sizes=list(settings.hidden_sizes),
+                min_scale=settings.min_scale,
+                likelihood=settings.likelihood,
+                activation=settings.activation,
+            )
         )
         noise = torch.Generator().set_state(torch.get_rng_state())
     finally:

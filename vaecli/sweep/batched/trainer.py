@@ -163,11 +163,12 @@ class StackedTrainer(StackedState):
         kl = kl_to_standard_normal(_Normal(loc, scale))
         self.optimizer.zero_grad(set_to_none=True)
         # backprop starts at the logits, as the solo loop's (objectives.beta.backward_beta_elbo)
-        pixel_weight = 1.0 / (self.batches.batch_size * logits.shape[-1])
+        pixels = x.shape[-1]  # sub-pixels (a discretised logistic gives two outputs each)
+        pixel_weight = 1.0 / (self.batches.batch_size * pixels)
         logits_grad = logit_gradient(logits, x, self.settings.likelihood, pixel_weight)
         if self.with_objectives:  # each member's objective on its own slice of the stacks
-            parts = torch.stack([part for part, _ in self._objective_parts(step, loc, scale, z, kl, logits.shape[-1])])
-            kl_term, member_kl = parts.sum(), parts.detach() * (self.batches.batch_size * logits.shape[-1])
+            parts = torch.stack([part for part, _ in self._objective_parts(step, loc, scale, z, kl, pixels)])
+            kl_term, member_kl = parts.sum(), parts.detach() * (self.batches.batch_size * pixels)
         else:
             weighted_kl = kl * self.kl_weight
             kl_term, member_kl = weighted_kl.sum(), weighted_kl.detach().sum((1, 2))
@@ -183,7 +184,7 @@ class StackedTrainer(StackedState):
         with torch.no_grad():
             values = self._terms(logits, x, kl.detach())
             if self.with_objectives:
-                return self._objective_rows(step, values, loc, scale, z, kl.detach(), logits.shape[-1])
+                return self._objective_rows(step, values, loc, scale, z, kl.detach(), pixels)
         return {i: terms_row(column) for i, column in zip(self.running, values)}
 
     def _objective_parts(
@@ -219,7 +220,7 @@ class StackedTrainer(StackedState):
 
     def _terms(self, logits: torch.Tensor, x: torch.Tensor, kl: torch.Tensor) -> list[list[float]]:
         """Per member: loss, reconstruction, kl, recon_nats, kl_nats (batch means, seed units and nats)."""
-        batch, pixels = logits.shape[1], logits.shape[2]
+        batch, pixels = logits.shape[1], x.shape[-1]
         recon_nats = nll_sum(logits, x, self.settings.likelihood, stacked=True) / batch
         kl_nats = (kl * self.model.latent_mask).sum((1, 2)) / batch
         reconstruction, kl_mean = recon_nats / pixels, kl_nats / self.latent_sizes
