@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from vaecli.config.schema import choice, rule
 from vaecli.data.registry import MNIST_SHAPE, image_shape
-from vaecli.models.likelihoods import LIKELIHOODS, outputs_per_pixel, pixel_distribution
+from vaecli.models.likelihoods import LIKELIHOODS, output_scale, pixel_distribution
 from vaecli.models.mlp import mlp
 from vaecli.models.registry import MODELS
 
@@ -78,7 +78,7 @@ class ConvDecoder(nn.Module):
         super().__init__()
         self.shape, self.likelihood = tuple(shape), likelihood
         sizes = conv_sizes(self.shape[1], len(channels))
-        widths = [self.shape[0] * outputs_per_pixel(likelihood), *channels[: len(sizes) - 1]]
+        widths = [self.shape[0], *channels[: len(sizes) - 1]]
         self.map = (widths[-1], sizes[-1], sizes[-1])
         self.body = mlp([latent, *reversed(hidden), math.prod(self.map)])  # ReLU after the last too: a conv follows
         layers: list[nn.Module] = []
@@ -87,6 +87,7 @@ class ConvDecoder(nn.Module):
             layers.append(nn.ConvTranspose2d(widths[index + 1], widths[index], KERNEL, STRIDE, PADDING, extra))
             layers.append(nn.ReLU())
         self.deconvs = nn.Sequential(*layers[:-1])  # no activation on the outputs
+        self.scale = output_scale(likelihood, math.prod(self.shape))
 
     @property
     def head(self) -> nn.Module:
@@ -96,8 +97,8 @@ class ConvDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> Distribution:
         lead = z.shape[:-1]
         maps = self.body(z.reshape(-1, z.shape[-1])).reshape(-1, *self.map)
-        outputs = self.deconvs(maps).reshape(*lead, -1)  # channel-major: every mu, then every log s
-        return pixel_distribution(outputs, self.likelihood)
+        outputs = self.deconvs(maps).reshape(*lead, -1)  # channel-major, as the data's rows
+        return pixel_distribution(self.scale(outputs), self.likelihood)
 
 
 class ConvVAE(nn.Module):

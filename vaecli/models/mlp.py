@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from vaecli.config.schema import choice, rule
 from vaecli.data.registry import MNIST_SHAPE, image_shape
-from vaecli.models.likelihoods import LIKELIHOODS, outputs_per_pixel, pixel_distribution
+from vaecli.models.likelihoods import LIKELIHOODS, output_scale, pixel_distribution
 from vaecli.models.registry import MODELS
 
 IMAGE_SIZE = 28 * 28  # the seed's images: MNIST's 28 x 28 grey pixels
@@ -95,12 +95,13 @@ class Decoder(nn.Module):
     ):
         super().__init__()
         self.body = mlp([latent_size, *hidden_sizes], activation)
-        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else latent_size, pixels * outputs_per_pixel(likelihood))
+        self.head = nn.Linear(hidden_sizes[-1] if hidden_sizes else latent_size, pixels)
+        self.scale = output_scale(likelihood, pixels)
         self.likelihood = likelihood
 
     def forward(self, z: torch.Tensor) -> Distribution:
         # Grey-level targets in [0, 1] are the seed's convention, so no support check.
-        return pixel_distribution(self.head(self.body(z)), self.likelihood)
+        return pixel_distribution(self.scale(self.head(self.body(z))), self.likelihood)
 
 
 class VAE(nn.Module):
@@ -134,7 +135,7 @@ class VAE(nn.Module):
         image (Burda et al.'s code, yburda/iwae: datasets.get_train_bias_np); a no-op otherwise."""
         if self.output_bias == "data_mean":
             mean = images.float().mean(0).clamp(0.001, 0.999).to(self.decoder.head.bias.device)
-            self.decoder.head.bias[: mean.numel()].copy_(torch.logit(mean))  # mu's half for a discretised logistic
+            self.decoder.head.bias.copy_(torch.logit(mean))  # mu's logit for a discretised logistic
 
     def prior(self, batch_shape: Sequence[int] = ()) -> Normal:
         zeros = torch.zeros(*batch_shape, self.latent_size, device=self.decoder.head.weight.device)

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vaecli.data.tensors import steps_per_epoch
+from vaecli.models.likelihoods import DISCRETISED
 from vaecli.run.bookkeeping import total_steps
 from vaecli.run.schedules import lr_changes
 from vaecli.sweep.batched.trainer import GroupSettings, Member
@@ -38,7 +39,8 @@ def stackable(cfg: Any) -> bool:
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in supported:
             return False
-    return True
+    # StackedVAE has no learned output scale: an MLP with a discretised logistic trains alone
+    return not (OmegaConf.select(cfg, "model.name") in (None, "mlp") and cfg.model.get("likelihood") == DISCRETISED)
 
 
 def member_builder(cfg: Any) -> Any:

@@ -193,4 +193,8 @@ class GroupedConvStack(VmappedStack):
         batch = h.shape[1]
         maps = h.reshape(groups, batch, *self.map).transpose(0, 1).reshape(batch, groups * self.map[0], *self.map[1:])
         maps = self._convs("decoder.deconvs", maps, transposed=True)
-        return maps.view(batch, groups, -1).transpose(0, 1)
+        outputs = maps.view(batch, groups, -1).transpose(0, 1)
+        if "decoder.scale.log_scale" in self.index:  # the discretised logistic's learned log s, per member
+            scale = self._param("decoder.scale.log_scale").unsqueeze(1).expand_as(outputs)
+            outputs = torch.cat([outputs, scale], dim=-1)
+        return outputs
