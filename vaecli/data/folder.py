@@ -323,7 +323,7 @@ class FolderDataset:
         listing = list_folder(options)
         cache = listing.cache_file(root)
         if cache.is_file():  # said in the log only: a run reads it for each split
-            log.info(f"folder: cache {cache} is current")
+            log.debug(f"folder: cache {cache} is current")
             return listing
         check_writable(cache.parent, root)
         if len(listing.files) >= 1000:

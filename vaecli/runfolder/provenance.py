@@ -88,7 +88,8 @@ def collect(cfg: Any, device: Any, threads: int, data_files: Iterable[Any]) -> d
         import torch
 
         record["gpu"] = torch.cuda.get_device_name(device)
-    record["data"] = {"name": str(cfg.data.name), "files": [asdict(file) for file in data_files]}
+    unique = list(dict.fromkeys(data_files))  # data=folder's splits come from one cache file: name it once
+    record["data"] = {"name": str(cfg.data.name), "files": [asdict(file) for file in unique]}
     if cfg.data.get("path") is not None:  # data=folder: the folder read (its decoded cache is the file above)
         record["data"]["folder"] = str(Path(str(cfg.data.path)).expanduser().resolve())
     return record
