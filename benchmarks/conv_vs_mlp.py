@@ -51,7 +51,7 @@ def main() -> None:
         mlp_long = train(dataset, "mlp", equal_time)
         for name, row in (("conv", conv), ("mlp, equal steps", mlp), ("mlp, equal time", mlp_long)):
             print(
-                f"| {dataset} | {name} | {row['steps']} | {row["seconds"]:.1f} | {row['neg_elbo']:.2f} "
+                f"| {dataset} | {name} | {row['steps']} | {row['seconds']:.1f} | {row['neg_elbo']:.2f} "
                 f"| {row['recon']:.2f} | {row['kl']:.2f} |",
                 flush=True,
             )

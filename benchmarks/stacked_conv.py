@@ -89,7 +89,8 @@ def main() -> None:
     figures = {name: [timed(step, args.steps) for _ in range(args.repeats)] for name, step in ways.items()}
     base = statistics.median(figures["one by one"])
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.members} members, 3x{args.size}x{args.size}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.members} members, "
+        f"3x{args.size}x{args.size}"
     )
     print(f"{'way':<12}{'ms/step (median)':>18}{'runs':>24}{'x one by one':>14}")
     for name, values in figures.items():
