@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image
 
 from tests.conftest import invoke
 from vaecli.config.hydra_bridge import compose
@@ -173,3 +174,27 @@ def test_cycles_too_short_to_rise_are_refused(runner, tiny, tmp_path):
     result = invoke(runner, "train", *tiny, "objective=dip", "objective.cycles=8", f"hydra.run.dir={run_dir}")
     assert_refused(result, run_dir)
     assert "use objective.cycles=2 or fewer" in result.stderr
+
+
+def conv_and_folder_keys():
+    """Every key of model=conv, and every key data=folder adds to the data group."""
+    conv = compose(["model=conv"])
+    for key, value in leaves(conv.model, "model."):
+        yield "model=conv", key, {"model.channels": "[0]"}.get(key) or bad_value(key, value)
+    folder = compose(["data=folder", "data.path=/nonesuch"])
+    for key in ("data.size", "data.channels", "data.test_fraction"):
+        yield "data=folder", key, {"data.test_fraction": "1.5"}.get(key) or bad_value(key, OmegaConf.select(folder, key))
+
+
+@pytest.mark.parametrize(("group", "key", "value"), list(conv_and_folder_keys()))
+def test_every_conv_and_folder_setting_with_a_bad_value_is_refused_before_any_folder(
+    runner, tiny, tmp_path, group, key, value
+):
+    run_dir, pictures = tmp_path / "run", tmp_path / "pictures"
+    pictures.mkdir()
+    for index in range(4):
+        Image.new("RGB", (20, 20), (index * 60, 0, 0)).save(pictures / f"{index}.png")
+    extra = [f"data.path={pictures}"] if group == "data=folder" else []
+    result = invoke(runner, "train", *tiny, group, *extra, f"{key}={value}", f"hydra.run.dir={run_dir}")
+    assert_refused(result, run_dir)
+    assert key in result.stderr
