@@ -183,7 +183,8 @@ def conv_and_folder_keys():
         yield "model=conv", key, {"model.channels": "[0]"}.get(key) or bad_value(key, value)
     folder = compose(["data=folder", "data.path=/nonesuch"])
     for key in ("data.size", "data.channels", "data.test_fraction"):
-        yield "data=folder", key, {"data.test_fraction": "1.5"}.get(key) or bad_value(key, OmegaConf.select(folder, key))
+        bad = {"data.test_fraction": "1.5"}.get(key) or bad_value(key, OmegaConf.select(folder, key))
+        yield "data=folder", key, bad
 
 
 @pytest.mark.parametrize(("group", "key", "value"), list(conv_and_folder_keys()))

@@ -33,7 +33,7 @@ def test_evaluate_writes_its_files_and_prints_what_the_numbers_mean(runner, trai
     for field in ("-ELBO (mean over the 20 draws)", "-IWAE_20", "active units", "collapsed onto the prior", "I(x; z)"):
         assert field in text, field
     assert "test split, 100 images, k=20" in text
-    assert "grey-level pixels" in text and "cross-entropy" in text  # the seed's data and decoder
+    assert "8-bit pixel values" in text and "cross-entropy" in text  # the seed's data and decoder
     assert f"wrote {trained_run / 'evaluation.json'}" in result.stdout
     report = json.loads((trained_run / "evaluation.json").read_text())
     assert set(report["setup"]) >= SETUP_KEYS and set(report["bound"]) >= BOUND_KEYS

@@ -20,6 +20,16 @@ DATASETS: Registry[Any] = Registry("dataset", "data.name", "vaecli.data", group=
 MNIST_SHAPE = (1, 28, 28)
 
 
+def options_for(method: Any, options: Any) -> dict[str, Any]:
+    """``{"options": options}`` when a dataset's method takes them: a dataset written before datasets
+    had settings of their own (``ensure(root, say)``, ``split(root, train, limit, say)``) still works."""
+    import inspect
+
+    parameters = inspect.signature(method).parameters
+    takes = "options" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return {"options": options} if takes else {}
+
+
 def image_shape(data: Any) -> tuple[int, int, int]:
     """(channels, height, width) of the images ``data`` (a run's ``data`` config node) describes."""
     entry = DATASETS.entry(str(data.name))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vaecli.atomic import atomic_write_bytes
-from vaecli.data.registry import DATASETS, MNIST_SHAPE
+from vaecli.data.registry import DATASETS, MNIST_SHAPE, options_for
 from vaecli.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -350,7 +350,8 @@ def ensure_data(name: str, root: Path, options: Any = None) -> Path:
 
     console = Console(stderr=True)
     say = lambda message: console.print(f"[dim]{message}[/dim]")  # noqa: E731
-    return DATASETS.entry(name).ensure(root, say=say, options=options)
+    ensure = DATASETS.entry(name).ensure
+    return ensure(root, say=say, **options_for(ensure, options))
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from vaecli.data.registry import DATASETS
+from vaecli.data.registry import DATASETS, options_for
 from vaecli.data.sources import DataFile
 
 BINARIZE = ("none", "dynamic", "static")
@@ -55,7 +55,8 @@ def load_split(
 ) -> Split:
     """One split of the registered dataset ``name``, verified (or fetched) under ``root``; ``options``
     is the run's ``data`` node, for a dataset with settings of its own (``data=folder``)."""
-    return DATASETS.entry(name).split(Path(root).expanduser(), train, limit, say, options=options)
+    split = DATASETS.entry(name).split
+    return split(Path(root).expanduser(), train, limit, say, **options_for(split, options))
 
 
 def as_float_images(pixels) -> torch.Tensor:

@@ -136,15 +136,16 @@ def preflight(configs: Iterable[DictConfig]) -> None:
 
 def check_batch(cfg: DictConfig) -> None:
     """A batch no larger than the images it is cut from (it used to be cut down without a word)."""
-    from vaecli.data.registry import DATASETS
+    from vaecli.data.registry import DATASETS, options_for
 
     count = getattr(DATASETS.entry(str(cfg.data.name)), "count", None)
     if count is None:  # a registered dataset that cannot count its images before loading them
         return
     root = Path(cfg.data.root).expanduser()
-    images = min(count(root, True, cfg.data), cfg.data.limit or math.inf)
+    options = options_for(count, cfg.data)
+    images = min(count(root, True, **options), cfg.data.limit or math.inf)
     if cfg.data.train_on == "all":
-        images += min(count(root, False, cfg.data), cfg.data.test_limit or math.inf)
+        images += min(count(root, False, **options), cfg.data.test_limit or math.inf)
     if cfg.train.batch_size > images:
         raise UsageError(
             f"train.batch_size={cfg.train.batch_size} is larger than the {int(images)} training images "
