@@ -231,10 +231,10 @@ def conv_main(args: argparse.Namespace) -> None:
             figures["bare"].append(time_bare_conv(images, args.steps))
             figures["bare channels-last"].append(time_bare_conv(images, args.steps, channels_last=True))
     bare = statistics.median(figures["bare"])
-    print(f"{'loop':<20}{'images/s (median)':>18}{'runs':>24}{'x bare':>9}")
+    print(f"{'loop':<20}{'images/s (median)':>18}{'runs':>32}{'x bare':>9}")
     for name, values in figures.items():
         runs = " ".join(f"{value:.0f}" for value in values)
-        print(f"{name:<20}{statistics.median(values):>18.0f}{runs:>24}{statistics.median(values) / bare:>9.2f}")
+        print(f"{name:<20}{statistics.median(values):>18.0f}{runs:>32}{statistics.median(values) / bare:>9.2f}")
     print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -119,7 +119,9 @@ def test_grey_runs_at_other_sizes_train_and_resume_exactly(runner, tmp_path, siz
     assert checkpoint.load(run_dir)["config"]["data"]["size"] == size
 
 
-def test_a_conv_sweep_trains_its_members_stacked_under_the_batched_launcher(runner, tmp_path):
+def test_a_conv_sweep_runs_its_members_one_by_one_under_the_batched_launcher_on_a_cpu(runner, tmp_path):
+    """Stacked as grouped convolutions they run 1.4x slower than one by one on a CPU (benchmarks/stacked_conv.py);
+    tests/test_stacked_conv.py checks the stacked trainer itself, which a GPU sweep uses."""
     folder = draw_folder(tmp_path / "pictures", 24, (40, 40), grey=False)
     sweep_dir = tmp_path / "sweep"
     result = invoke(
@@ -136,8 +138,7 @@ def test_a_conv_sweep_trains_its_members_stacked_under_the_batched_launcher(runn
     members = sorted(path.parent for path in sweep_dir.rglob("result.json"))
     assert len(members) == 2
     assert all(json.loads((member / "result.json").read_text())["status"] == "ok" for member in members)
-    [group] = json.loads((sweep_dir / "groups.json").read_text())["groups"]  # one stacked group, not two alone
-    assert sorted(group["members"]) == ["beta=0.01", "beta=0.1"] and group["state"] == "done"
+    assert json.loads((sweep_dir / "groups.json").read_text())["groups"] == []  # both alone, none stacked
 
 
 # ----------------------------------------------------------------------------- bad input

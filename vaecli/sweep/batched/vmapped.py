@@ -47,6 +47,9 @@ class VmappedStack(nn.Module):
         self.latent_size = max(self.latent_sizes) if latent_size is None else latent_size
         self.likelihood = models[0].likelihood
         template = build(self.latent_size)
+        for part in (template.encoder, template.decoder):  # vmap takes no channels-last tensors
+            if hasattr(part, "memory_format"):
+                part.memory_format = torch.contiguous_format
         self._template = [template]  # a list: its own parameters are never trained or saved
         self.names = [name for name, _ in template.named_parameters()]
         self.decoder_input = decoder_input(template)
@@ -178,8 +181,8 @@ class GroupedConvStack(VmappedStack):
                 .transpose(0, 1)
                 .reshape(-1, groups * channels, height, width)
             )
-        maps = self._convs("encoder.convs", maps, transposed=False)
-        h = maps.view(maps.shape[0], groups, -1).transpose(0, 1)
+        maps = self._convs("encoder.convs", maps.contiguous(memory_format=torch.channels_last), transposed=False)
+        h = maps.reshape(maps.shape[0], groups, -1).transpose(0, 1)
         for index in range(0, len(self._template[0].encoder.body), 2):
             h = torch.relu(self._linear(f"encoder.body.{index}", h))
         loc, raw_scale = self._linear(ENCODER_HEAD, h).chunk(2, dim=-1)
@@ -192,8 +195,8 @@ class GroupedConvStack(VmappedStack):
             h = torch.relu(self._linear(f"decoder.body.{index}", h))
         batch = h.shape[1]
         maps = h.reshape(groups, batch, *self.map).transpose(0, 1).reshape(batch, groups * self.map[0], *self.map[1:])
-        maps = self._convs("decoder.deconvs", maps, transposed=True)
-        outputs = maps.view(batch, groups, -1).transpose(0, 1)
+        maps = self._convs("decoder.deconvs", maps.contiguous(memory_format=torch.channels_last), transposed=True)
+        outputs = maps.reshape(batch, groups, -1).transpose(0, 1)
         if "decoder.scale.log_scale" in self.index:  # the discretised logistic's learned log s, per member
             scale = self._param("decoder.scale.log_scale").unsqueeze(1).expand_as(outputs)
             outputs = torch.cat([outputs, scale], dim=-1)
