@@ -5,8 +5,9 @@ latent 10, Bernoulli decoder) for, in one process:
   vmap        vaecli.sweep.batched.vmapped.VmappedStack: torch.func.vmap over functional_call
   grouped     vaecli.sweep.batched.vmapped.GroupedConvStack: each conv one grouped conv, by hand
   one by one  G plain ConvVAEs stepped after each other (what the basic launcher does per process)
-and the ratio of each to one by one (below 1: faster). The batched launcher uses whichever
-STACKED_CONV names (vaecli.sweep.batched.groups); this script is how that choice was made.
+and the ratio of each to one by one (below 1: faster). On 2 CPU cores grouped convolutions ran
+1.4x slower than one by one, so the batched launcher stacks conv members only off the CPU
+(vaecli.sweep.batched.groups.stackable); this script is how that choice was made.
 
 Run:  python benchmarks/stacked_conv.py [--members 4] [--steps 10] [--size 64]
 Run it alone: other processes on the same cores make every figure meaningless.

@@ -1,0 +1,1 @@
+"""Disentanglement metrics on codes of data with known factors (disentanglement_lib's definitions)."""
