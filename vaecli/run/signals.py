@@ -61,6 +61,8 @@ class StopRequests:
         self._since = 0.0  # time.monotonic() of the first request
         self._handed: dict[int, Any] = {}  # a signal to pass on once the run has stopped, and its earlier handler
         self.hand_over_due = False
+        self._deferring = 0  # inside deferred(): a second Ctrl-C waits for the block's end
+        self._quit_due: int | None = None
 
     def handle(self, signum: int, frame: object = None) -> None:
         if signum in self._handed:
@@ -70,7 +72,24 @@ class StopRequests:
             if self.on_request is not None:
                 self.on_request(signum)
         elif signum == signal.SIGINT and time.monotonic() - self._since >= REPEAT_SECONDS:
+            if self._deferring:
+                self._quit_due = signum
+                return
             raise Interrupted(signum)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A second Ctrl-C inside the block quits at its end, not halfway: drawing a figure imports
+        plotnine and matplotlib, and an import cut short leaves modules half made (a KeyError from
+        matplotlib's docstrings, not a clean stop)."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+            if not self._deferring and self._quit_due is not None:
+                signum, self._quit_due = self._quit_due, None
+                raise Interrupted(signum)
 
     def requested(self, now: float | None = None) -> bool:
         """True once a signal came (or the sweep's stop file appeared: polled at most once a second)."""
@@ -114,7 +133,7 @@ class StopRequests:
         saved = (self.stop_file, self.on_request)
         previous = {}
         if outermost:
-            self.signum, self._next_poll, self.hand_over_due = None, 0.0, False
+            self.signum, self._next_poll, self.hand_over_due, self._quit_due = None, 0.0, False, None
             numbers = (*SIGNALS, hand_over) if hand_over is not None else SIGNALS
             try:
                 previous = {number: signal.signal(number, self.handle) for number in numbers}

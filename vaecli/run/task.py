@@ -169,8 +169,10 @@ class Session:
             name, command = signal_name(result.stopped_by), resume_command(out_dir)
             self.write("interrupted", **outcome, signal=name, resume=command, final=result.final)
             log.info("stopped by %s at step %s; %s", name, result.steps, command)
-            draw_loss_figure(result.rows, out_dir, cfg)
-            draw_run_figures(result, out_dir)
+            with STOP.deferred():  # a second Ctrl-C quits between figures, never inside an import
+                draw_loss_figure(result.rows, out_dir, cfg)
+            with STOP.deferred():
+                draw_run_figures(result, out_dir)
             return {"status": "interrupted", **outcome}
         draw_loss_figure(result.rows, out_dir, cfg)
         draw_run_figures(result, out_dir)
