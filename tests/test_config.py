@@ -57,7 +57,7 @@ BAD_INPUTS = [
     ("train.lr=0", "train.lr=0.0 is not allowed"),
     ("train.epochs=-1", "train.epochs=-1.0 is not allowed"),
     ("device=tpu", "device=tpu is not allowed"),
-    ("data=cifar", "no config 'data/cifar'; choose one of: fashion_mnist, folder, mnist"),
+    ("data=cifar", "no config 'data/cifar'; choose one of: dsprites, fashion_mnist, folder, mnist"),
     ("model.hidden_sizes=[a]", "bad value for model.hidden_sizes[0]"),
     ("beta=0,1", "`vae sweep` runs one model per value"),
     ("beta=nan", "beta=nan is not allowed: beta must be a finite number"),

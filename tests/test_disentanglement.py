@@ -170,10 +170,12 @@ def test_dci_mixed_spread_and_monotone_invariance():
     assert spread["disentanglement"] > 0.95 and spread["completeness_per_factor"][0] < 0.8
 
 
-def test_dci_hist_learner():
-    fast = dci(FACTORS, rng(), points=600, test_points=300, learner="hist")
+def test_the_fast_dci_learner_agrees_with_the_boosted_trees_on_known_codes():
+    fast = dci(FACTORS, rng(), points=600, test_points=300, learner="fast")
     assert fast["disentanglement"] > 0.99 and fast["completeness"] > 0.99 and fast["informativeness"] > 0.99
-    assert fast["learner"].startswith("HistGradientBoostingClassifier (fast DCI")
+    assert fast["learner"].startswith("GradientBoostingClassifier with 10 stages (fast DCI")
+    noise = dci(NOISE, rng(), points=600, test_points=300, learner="fast")
+    assert noise["disentanglement"] < 0.2 and noise["completeness"] < 0.2
 
 
 def test_weighted_specificity_closed_forms():

@@ -5,7 +5,6 @@ Heavy imports (torch, Hydra, plotnine) happen inside the commands so ``vae --hel
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +19,8 @@ from vaecli.cli.options import (
     CountOption,
     DataRootOption,
     DeviceOption,
+    DisentanglementOption,
+    FastDciOption,
     FirstNOption,
     LatentsPerPassOption,
     OutOption,
@@ -381,18 +382,17 @@ def evaluate(
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="Seed for the draws from q.")] = 0,
     data_root: DataRootOption = None,
+    disentanglement: DisentanglementOption = False,
+    fast_dci: FastDciOption = False,
 ) -> None:
     """Importance-weighted bound on log p(x), ELBO and latent usage (KL per dim, active units, I(x; z))."""
     from vaecli.measure import evaluation
 
-    request = evaluation.Request(checkpoint, k, split, n, batch, device, seed, data_root)
+    request = evaluation.Request(checkpoint, k, split, n, batch, device, seed, data_root, disentanglement, fast_dci)
     for path in evaluation.evaluate_checkpoint(request):
         wrote(path)
 
 
 def main() -> None:
+    """`python -m vaecli` (vaecli/__main__.py) and the tests' fresh processes start here."""
     app(prog_name="vae")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

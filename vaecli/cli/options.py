@@ -105,3 +105,15 @@ LatentsPerPassOption = Annotated[
         show_default=False,
     ),
 ]
+DisentanglementOption = Annotated[
+    bool,
+    typer.Option(
+        "--disentanglement",
+        help="Instead of the bound: MIG, Chen's MIG, DCI, SAP, modularity, explicitness, FactorVAE and beta-VAE "
+        "scores on the codes of the run's whole factor grid (data=dsprites), into disentanglement.json.",
+    ),
+]
+FastDciOption = Annotated[
+    bool,
+    typer.Option("--fast-dci", help="DCI with histogram gradient boosting (named so), not disentanglement_lib's."),
+]

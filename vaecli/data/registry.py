@@ -30,6 +30,11 @@ def options_for(method: Any, options: Any) -> dict[str, Any]:
     return {"options": options} if takes else {}
 
 
+def binary_data(data: Any) -> bool:
+    """Whether the dataset's own pixels are 0 or 1 (dSprites), so a Bernoulli is a likelihood unbinarised."""
+    return bool(getattr(DATASETS.entry(str(data.name)), "binary", False))
+
+
 def image_shape(data: Any) -> tuple[int, int, int]:
     """(channels, height, width) of the images ``data`` (a run's ``data`` config node) describes."""
     entry = DATASETS.entry(str(data.name))

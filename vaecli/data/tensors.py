@@ -40,6 +40,7 @@ class Split:
     images: torch.Tensor  # float32 (n, channels * height * width) in [0, 1]: rows, channel-major
     labels: torch.Tensor  # int64 (n,)
     files: tuple[DataFile, ...] = ()  # what it was read from, with the MD5 of the bytes parsed
+    factors: torch.Tensor | None = None  # int64 (n, factors): class indices, for data with known factors
 
     def __len__(self) -> int:
         return len(self.images)

@@ -2,11 +2,9 @@
 
 The importance-weighted bound and the k-draw ELBO (bounds.py), the latent diagnostics (latents.py)
 and what the numbers mean: split, images, k, likelihood, binarisation, and whether the nats are a
-log-likelihood or only a cross-entropy (a Bernoulli decoder on grey-level pixels).
-
-A run is evaluated on the images it was evaluated on while training: the grey levels, or for a
-binarised run (static or dynamic) one fixed binary draw of the split, the same for every run
-(``data.binarize_split``). A checkpoint written before ``data.binarize`` existed counts as grey.
+log-likelihood or only a cross-entropy (a Bernoulli decoder on grey-level pixels). A run is
+evaluated on the images it was evaluated on while training: the grey levels, or for a binarised
+run one fixed binary draw of the split (``data.binarize_split``); an older checkpoint counts as grey.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from vaecli.config.schema import test_held_out
 from vaecli.data.tensors import binarize_split
 from vaecli.errors import RunError, UsageError, first_line
 from vaecli.measure.bounds import LATENTS_PER_PASS, PerImageBound, ProgressHook, importance_weighted_bound
+from vaecli.measure.disentanglement.report import disentanglement_command
 from vaecli.measure.latents import LatentUsage, latent_usage
 from vaecli.measure.registry import measure_all
 from vaecli.models.likelihoods import is_density, nats_label
@@ -134,6 +133,8 @@ class Request:
     device: str
     seed: int
     data_root: str | None = None
+    disentanglement: bool = False
+    fast_dci: bool = False
 
 
 def run_images(loaded: Loaded, split: str, n: int | None, data_root: str | None) -> torch.Tensor:
@@ -169,6 +170,8 @@ def evaluate_checkpoint(request: Request) -> list[Path]:
     """``vae evaluate``: check the options, evaluate with a progress bar, write the files, print the tables."""
     from rich.console import Console
 
+    if request.disentanglement:  # the disentanglement metrics on the run's factor grid, not the bound
+        return disentanglement_command(request)
     check_count(request.k, "--k")
     check_split(request.split)
     for value, option in ((request.n, "--n"), (request.latents_per_pass, "--batch")):
@@ -275,9 +278,6 @@ def write(run_dir: Path, report: dict[str, Any], evaluation: Evaluation) -> list
         return run_folder.write_evaluation(run_dir, report, evaluation.dimension_rows())
     except OSError as error:
         raise RunError(f"cannot write the evaluation into {run_dir}: {error.strerror or first_line(error)}") from None
-
-
-# ----------------------------------------------------------------------------- the terminal
 
 
 class EvaluationProgress:

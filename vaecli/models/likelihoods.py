@@ -252,4 +252,6 @@ def nats_label(likelihood: str, binary_pixels: bool) -> str:
 
 def run_nats_label(cfg: Any) -> str:
     """:func:`nats_label` of a run's config: its decoder's likelihood, on binarised pixels or not."""
-    return nats_label(str(cfg.model.likelihood), cfg.data.binarize != "none")
+    from vaecli.data.registry import binary_data
+
+    return nats_label(str(cfg.model.likelihood), cfg.data.binarize != "none" or binary_data(cfg.data))

@@ -14,18 +14,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from joblib import Parallel, delayed
-from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
+from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.inspection import permutation_importance
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import mutual_info_score, roc_auc_score
 from sklearn.svm import LinearSVC
 
 from vaecli.measure.disentanglement.grid import CODES, GridCodes
 
+FAST_STAGES = 10  # boosting stages of the fast DCI
 LEARNERS = {
     "gbt": "GradientBoostingClassifier, as disentanglement_lib",
-    "hist": "HistGradientBoostingClassifier (fast DCI; not disentanglement_lib's learner)",
+    "fast": "GradientBoostingClassifier with 10 stages (fast DCI; disentanglement_lib's has 100)",
 }
 
 
@@ -146,15 +146,14 @@ def chen_mig(
     }
 
 
-def _fit_factor(learner: str, x_tr, y_tr, x_te, y_te, seed: int, repeats: int) -> tuple[np.ndarray, float, float]:
+def _fit_factor(learner: str, x_tr, y_tr, x_te, y_te, seed: int) -> tuple[np.ndarray, float, float]:
     """One factor's classifier: (importance per code dim, train accuracy, test accuracy)."""
     if learner == "gbt":
         model = GradientBoostingClassifier(random_state=seed).fit(x_tr, y_tr)
         importance = np.abs(model.feature_importances_)
-    else:
-        model = HistGradientBoostingClassifier(random_state=seed).fit(x_tr, y_tr)
-        result = permutation_importance(model, x_tr, y_tr, n_repeats=repeats, random_state=seed)
-        importance = np.clip(result.importances_mean, 0.0, None)
+    else:  # a tenth of the stages: a tenth of the trees (a random forest spread importance over noise dims)
+        model = GradientBoostingClassifier(n_estimators=FAST_STAGES, random_state=seed).fit(x_tr, y_tr)
+        importance = np.abs(model.feature_importances_)
     return importance, float(np.mean(model.predict(x_tr) == y_tr)), float(np.mean(model.predict(x_te) == y_te))
 
 
@@ -178,7 +177,6 @@ def dci(
     test_points: int = 5_000,
     learner: str = "gbt",
     workers: int = 2,
-    permutation_repeats: int = 5,
 ) -> dict:
     """DCI (Eastwood & Williams 2018) with one tree ensemble per factor, as disentanglement_lib."""
     if learner not in LEARNERS:
@@ -187,15 +185,12 @@ def dci(
     x_te, f_te = codes.sample(test_points, rng)
     seeds = [_seed(rng) for _ in codes.sizes]
     fits = Parallel(n_jobs=workers)(
-        delayed(_fit_factor)(learner, x_tr, f_tr[:, k], x_te, f_te[:, k], seeds[k], permutation_repeats)
-        for k in range(len(codes.sizes))
+        delayed(_fit_factor)(learner, x_tr, f_tr[:, k], x_te, f_te[:, k], seeds[k]) for k in range(len(codes.sizes))
     )
     importance = np.stack([fit[0] for fit in fits], axis=1)
     disentanglement, per_code = weighted_specificity(importance)
     completeness, per_factor = weighted_specificity(importance.T)
-    params = (
-        {} if learner == "gbt" else {"importance": f"permutation_importance on train, n_repeats={permutation_repeats}"}
-    )
+    params = {"n_estimators": 100 if learner == "gbt" else FAST_STAGES}
     return {
         "disentanglement": disentanglement,
         "completeness": completeness,

@@ -1,0 +1,90 @@
+"""The dSprites factor grid rendered by vaecli: size, order, factor values, symmetries, the canvas; training on it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import invoke
+from vaecli.data.dsprites import DSPRITES, NAMES, RENDERED_MD5, SIZES, factor_values, md5_of, render_sprite_positions
+from vaecli.data.packed import PackedImages
+
+
+@pytest.fixture(scope="module")
+def grid(data_root):
+    """The whole grid, rendered once into the shared data root (about half a minute) and verified by its MD5."""
+    return DSPRITES.grid(data_root)
+
+
+def test_the_grid_has_every_combination_in_c_order(grid):
+    assert grid.shape == (737_280, 512) and grid.dtype == np.uint8
+    assert SIZES == (3, 6, 40, 32, 32) and NAMES == ("shape", "scale", "orientation", "posX", "posY")
+    assert md5_of(np.asarray(grid)) == RENDERED_MD5
+    shape, scale, orientation, x, y = factor_values()
+    assert list(shape) == [1, 2, 3] and np.allclose(scale, [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert orientation[0] == 0 and orientation[-1] == pytest.approx(2 * math.pi) and len(orientation) == 40
+    assert x[0] == 0 and x[-1] == 1 and len(x) == len(y) == 32
+
+
+def image(grid, *classes: int) -> torch.Tensor:
+    row = np.ravel_multi_index(classes, SIZES)
+    return PackedImages(np.asarray(grid[row : row + 1]), 4096)[:].view(64, 64)
+
+
+def centroid(picture: torch.Tensor) -> tuple[float, float]:
+    rows, columns = torch.nonzero(picture, as_tuple=True)
+    return float(columns.float().mean()) + 0.5, float(rows.float().mean()) + 0.5
+
+
+def test_posy_varies_fastest_and_moves_the_sprite_down(grid):
+    top, below, right = image(grid, 0, 5, 0, 0, 0), image(grid, 0, 5, 0, 0, 31), image(grid, 0, 5, 0, 31, 0)
+    assert centroid(top) == pytest.approx((10.5, 10.5))
+    assert centroid(below) == pytest.approx((10.5, 53.5))
+    assert centroid(right) == pytest.approx((53.5, 10.5))
+
+
+def test_scale_grows_the_sprite_and_shapes_differ(grid):
+    areas = [float(image(grid, 0, s, 0, 16, 16).sum()) for s in range(6)]
+    assert areas == sorted(areas) and areas[-1] > 3 * areas[0]
+    square, ellipse, heart = (image(grid, shape, 5, 0, 16, 16) for shape in range(3))
+    assert not torch.equal(square, ellipse) and not torch.equal(ellipse, heart)
+
+
+def test_orientation_0_and_2_pi_are_the_same_image_and_the_symmetries_hold(grid):
+    for shape in range(3):
+        assert torch.equal(image(grid, shape, 3, 0, 7, 20), image(grid, shape, 3, 39, 7, 20))
+    # the ellipse turned by pi is the same set of pixel centres up to float rounding at its rim
+    ellipse, turned = (
+        render_sprite_positions("ellipse", 1.0, 0.3),
+        render_sprite_positions("ellipse", 1.0, 0.3 + math.pi),
+    )
+    assert (ellipse ^ turned).sum() <= 0.01 * ellipse.sum()
+
+
+def test_every_sprite_lies_inside_the_canvas(grid):
+    for start in range(0, len(grid), 65_536):
+        pictures = PackedImages(np.asarray(grid[start : start + 65_536]), 4096)[:].view(-1, 64, 64)
+        assert pictures.flatten(1).sum(1).min() > 0  # no sprite drawn off the canvas
+        border = pictures[:, 0].sum() + pictures[:, -1].sum() + pictures[:, :, 0].sum() + pictures[:, :, -1].sum()
+        assert border == 0
+
+
+def test_splits_are_disjoint_fixed_and_carry_the_factors(grid, data_root):
+    test = DSPRITES.split(data_root, train=False, limit=None, options=None)
+    assert len(test) == 7373 and test.factors.shape == (7373, 5)
+    train = DSPRITES.split(data_root, train=True, limit=1000, options=None)
+    assert isinstance(train.images, PackedImages) and train.images[:5].shape == (5, 4096)
+    rows = np.ravel_multi_index(tuple(test.factors.numpy().T), SIZES)
+    assert np.array_equal(rows, DSPRITES.test_rows(0.01))
+    assert torch.equal(test.images[:3], PackedImages(np.asarray(grid[rows[:3]]), 4096)[:])
+
+
+def test_disentanglement_on_data_without_factors_is_one_line(trained_run, runner):
+    result = invoke(runner, "evaluate", "-c", str(trained_run), "--disentanglement")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data=dsprites" in lines[0] and "data=mnist" in lines[0]
+    assert not (trained_run / "disentanglement.json").exists()
