@@ -88,3 +88,13 @@ def test_disentanglement_on_data_without_factors_is_one_line(trained_run, runner
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "data=dsprites" in lines[0] and "data=mnist" in lines[0]
     assert not (trained_run / "disentanglement.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"), [("data.binarize=static", "already 0 or 1"), ("data.train_on=all", "holds out its own")]
+)
+def test_settings_that_do_not_apply_to_dsprites_are_refused(runner, tmp_path, data_root, setting, says):
+    run_dir = tmp_path / "run"
+    result = invoke(runner, "train", "data=dsprites", f"data.root={data_root}", setting, f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 2 and says in result.stderr and not run_dir.exists(), result.output
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -67,9 +67,11 @@ def test_splits_are_float_rows_in_the_unit_range_of_the_configured_shape(tmp_pat
     train, test = FOLDER.split(root, True, options=data), FOLDER.split(root, False, options=data)
     assert len(train) == 9 and len(test) == 1  # round(10 * 0.1)
     for split in (train, test):
-        assert split.images.dtype == torch.float32 and split.images.shape[1] == 3 * 12 * 12
-        assert float(split.images.min()) >= 0 and float(split.images.max()) <= 1
-        assert float(split.images.max()) > 0.9 and float(split.images.min()) < 0.4  # white ground, coloured shapes
+        assert split.images[:].dtype == torch.float32 and split.images[:].shape[1] == 3 * 12 * 12
+        assert float(split.images[:].min()) >= 0 and float(split.images[:].max()) <= 1
+        assert (
+            float(split.images[:].max()) > 0.9 and float(split.images[:].min()) < 0.4
+        )  # white ground, coloured shapes
         assert split.labels.dtype == torch.int64 and split.labels.tolist() == [0] * len(split)
     assert FOLDER.shape(data) == (3, 12, 12) == image_shape(data)
     assert FOLDER.count(root, True, data) == 9 and FOLDER.count(root, False, data) == 1
@@ -85,12 +87,12 @@ def test_grey_and_colour(tmp_path):
     solid(folder / "red.png", RED)
     solid(folder / "test" / "blue.bmp", BLUE, size=(80, 100))
     colour = options(folder, channels=3)
-    assert colours(FOLDER.split(root, True, options=colour).images) == [RED]
-    assert colours(FOLDER.split(root, False, options=colour).images) == [BLUE]
+    assert colours(FOLDER.split(root, True, options=colour).images[:]) == [RED]
+    assert colours(FOLDER.split(root, False, options=colour).images[:]) == [BLUE]
     grey = options(folder, channels=1)
     train, test = FOLDER.split(root, True, options=grey), FOLDER.split(root, False, options=grey)
-    assert train.images.shape == (1, 64) and FOLDER.shape(grey) == (1, 8, 8)
-    assert colours(train.images) == [(76,)] and colours(test.images) == [(29,)]  # ITU-R 601 luma of red, blue
+    assert train.images[:].shape == (1, 64) and FOLDER.shape(grey) == (1, 8, 8)
+    assert colours(train.images[:]) == [(76,)] and colours(test.images[:]) == [(29,)]  # ITU-R 601 luma of red, blue
     assert len(cache_files(root)) == 2  # one cache per setting, side by side
 
 
@@ -101,13 +103,13 @@ def test_a_test_folder_is_the_test_split(tmp_path):
     for level in (200, 210):
         solid(folder / "test" / f"{level}.png", level)
     data = options(folder, channels=1, test_fraction=0.5)  # a test/ folder wins over the fraction
-    assert [c for (c,) in colours(FOLDER.split(root, True, options=data).images)] == [10, 20, 30, 40]
-    assert [c for (c,) in colours(FOLDER.split(root, False, options=data).images)] == [200, 210]
-    assert [c for (c,) in colours(FOLDER.split(root, True, limit=2, options=data).images)] == [10, 20]
+    assert [c for (c,) in colours(FOLDER.split(root, True, options=data).images[:])] == [10, 20, 30, 40]
+    assert [c for (c,) in colours(FOLDER.split(root, False, options=data).images[:])] == [200, 210]
+    assert [c for (c,) in colours(FOLDER.split(root, True, limit=2, options=data).images[:])] == [10, 20]
 
 
 def levels_of(root: Path, data) -> tuple[list[int], list[int]]:
-    return tuple([c for (c,) in colours(FOLDER.split(root, train, options=data).images)] for train in (True, False))
+    return tuple([c for (c,) in colours(FOLDER.split(root, train, options=data).images[:])] for train in (True, False))
 
 
 def test_without_a_test_folder_a_fixed_fraction_is_held_out(tmp_path):
@@ -136,8 +138,8 @@ def test_subfolders_are_classes_shared_by_both_splits(tmp_path):
     data = options(folder, channels=1)
     assert FOLDER.classes(root, data) == [".", "cat", "dog"]
     train, test = FOLDER.split(root, True, options=data), FOLDER.split(root, False, options=data)
-    assert [c for (c,) in colours(train.images)] == [10, 20, 30, 40] and train.labels.tolist() == [1, 1, 2, 0]
-    assert [c for (c,) in colours(test.images)] == [60, 50] and test.labels.tolist() == [1, 2]
+    assert [c for (c,) in colours(train.images[:])] == [10, 20, 30, 40] and train.labels.tolist() == [1, 1, 2, 0]
+    assert [c for (c,) in colours(test.images[:])] == [60, 50] and test.labels.tolist() == [1, 2]
     split_layout = tmp_path / "split"
     solid(split_layout / "train" / "cat" / "a.png", 10)
     solid(split_layout / "train" / "dog" / "b.png", 20)
@@ -155,8 +157,8 @@ def test_images_are_resized_by_their_shorter_side_and_centre_cropped(tmp_path):
     ImageDraw.Draw(tall).rectangle((0, 80, 39, 119), fill=GREEN)  # the bottom third: cropped away
     tall.save(folder / "test" / "tall.png")
     data = options(folder, size=10)
-    wide_pixels = FOLDER.split(root, True, options=data).images.reshape(3, 10, 10)
-    tall_pixels = FOLDER.split(root, False, options=data).images.reshape(3, 10, 10)
+    wide_pixels = FOLDER.split(root, True, options=data).images[:].reshape(3, 10, 10)
+    tall_pixels = FOLDER.split(root, False, options=data).images[:].reshape(3, 10, 10)
     assert float(wide_pixels[2].min()) > 0.9 and float(wide_pixels[0].max()) < 0.1  # all blue, no red left
     assert float(tall_pixels[0].min()) > 0.9 and float(tall_pixels[1].max()) < 0.1  # all red, no green left
 
@@ -170,7 +172,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # shown turned 90 degrees clockwise: the red half on the right
     photo.save(folder / "photo.jpg", exif=exif, quality=95)
     solid(folder / "test" / "other.png", GREEN)
-    pixels = FOLDER.split(root, True, options=options(folder, size=8)).images.reshape(3, 8, 8)
+    pixels = FOLDER.split(root, True, options=options(folder, size=8)).images[:].reshape(3, 8, 8)
     assert float(pixels[0, :, -2:].mean()) > 0.8 and float(pixels[2, :, -2:].mean()) < 0.2  # right: red
     assert float(pixels[2, :, :2].mean()) > 0.8 and float(pixels[0, :, :2].mean()) < 0.2  # left: blue
 
@@ -288,7 +290,7 @@ def test_data_folder_from_the_command_line_config(tmp_path):
     cfg = compose(["data=folder", f"data.path={folder}", "data.size=16", "data.channels=1", f"data.root={tmp_path}"])
     assert cfg.data.name == "folder" and image_shape(cfg.data) == (1, 16, 16)
     split = load_split("folder", cfg.data.root, train=True, options=cfg.data)
-    assert split.images.shape == (3, 256)
+    assert split.images[:].shape == (3, 256)
     with pytest.raises(UsageError, match="data.size=0 is not allowed: data.size must be >= 1"):
         compose(["data=folder", "data.size=0"])
 
@@ -302,7 +304,9 @@ def test_a_damaged_cache_is_decoded_again(tmp_path):
     (cache,) = cache_files(root)
     cache.write_bytes(b"half a file")
     split = FOLDER.split(root, True, say=said.append, options=data)
-    assert colours(split.images) == [(100,)] and "cannot be read" in said[-2] and said[-1].startswith("folder: decoded")
+    assert (
+        colours(split.images[:]) == [(100,)] and "cannot be read" in said[-2] and said[-1].startswith("folder: decoded")
+    )
     assert split.files[0].md5 == hashlib.md5(cache.read_bytes()).hexdigest()
 
 
@@ -312,5 +316,17 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
     for name, level in (("dim.png", 16 * 257), ("bright.png", 240 * 257)):
         Image.fromarray(np.full((30, 40), level, dtype=np.uint16)).save(folder / name)
     data = options(folder, channels=1, test_fraction=0.5)
-    levels = sorted(c for train in (True, False) for (c,) in colours(FOLDER.split(root, train, options=data).images))
+    levels = sorted(c for train in (True, False) for (c,) in colours(FOLDER.split(root, train, options=data).images[:]))
     assert levels == [16, 240]
+
+
+def test_the_training_split_is_held_as_bytes_and_cut_into_float_batches(tmp_path):
+    from vaecli.data.packed import ByteImages
+
+    folder, root = tmp_path / "pictures", tmp_path / "root"
+    for i in range(6):
+        drawing(folder / f"p{i}.png", colour=(30 * i, 60, 90))
+    train = FOLDER.split(root, True, options=options(folder, size=8))
+    assert isinstance(train.images, ByteImages) and train.images.bits.dtype.name == "uint8"
+    batch = train.images.index_select(0, torch.tensor([1, 0]))
+    assert batch.dtype == torch.float32 and torch.equal(batch[1], train.images[:1][0])

@@ -137,6 +137,7 @@ class DSprites:
 
     name = "dsprites"
     binary = True  # every pixel 0 or 1: a Bernoulli decoder's nats are a log-likelihood
+    own_split = True  # its held-out images are its own: data.train_on=all does not apply
     sizes, names = SIZES, NAMES  # the factor grid `vae evaluate --disentanglement` encodes
 
     def file(self, root: Path) -> Path:

@@ -31,6 +31,7 @@ import numpy as np
 
 from vaecli.atomic import atomic_write
 from vaecli.config.schema import DataConfig, rule, schema_rules
+from vaecli.data.packed import ByteImages
 from vaecli.data.registry import DATASETS
 from vaecli.data.sources import DataFile
 from vaecli.errors import RunError, UsageError, first_line
@@ -315,6 +316,7 @@ class FolderDataset:
     """The dataset interface (:mod:`vaecli.data.registry`) over a folder of images, decoded once."""
 
     name = "folder"
+    own_split = True  # its held-out images are its own: data.train_on=all does not apply
     needs_options = True  # nothing to fetch: read from data.path when a run starts (``vae data`` says so)
 
     def prepare(self, root: Path, say: Callable[[str], None], options: Any) -> Listing:
@@ -363,11 +365,13 @@ class FolderDataset:
             payload = read_cache(cache, listing)
         mask = ~payload["test"] if train else payload["test"]
         chosen = torch.nonzero(mask).squeeze(1)[:limit]
-        needed = len(chosen) * listing.channels * listing.size**2 * 4
-        check_memory(
-            needed, f"the {'training' if train else 'test'} split as float32 needs", "lower data.size or data.limit"
-        )
-        images = payload["images"].index_select(0, chosen).reshape(len(chosen), -1).float().div_(255.0)
+        # the training split stays uint8 (a byte a sub-pixel, batches converted as they are cut); the test
+        # split, evaluated whole at every test row, is held as float32
+        needed = len(chosen) * listing.channels * listing.size**2 * (1 if train else 4)
+        words = "the training split as uint8 needs" if train else "the test split as float32 needs"
+        check_memory(needed, words, "lower data.size or data.limit")
+        pixels = payload["images"].index_select(0, chosen).reshape(len(chosen), -1)
+        images = ByteImages(pixels.numpy()) if train else pixels.float().div_(255.0)
         labels = payload["labels"].index_select(0, chosen).clone()
         return Split(images, labels, files=(DataFile(path=str(cache), md5=cache_md5(cache)),))
 

@@ -1,4 +1,4 @@
-"""Binary images kept one bit a pixel in memory and unpacked a batch at a time.
+"""Images kept compactly in memory (a bit or a byte a pixel) and turned into float rows a batch at a time.
 
 dSprites' 737,280 images of 64 x 64 binary pixels are 3 GB at a byte a pixel and 12 GB as float
 rows; packed they are 377 MB. :class:`PackedImages` answers what the training loop and the
@@ -66,3 +66,16 @@ class PackedImages:
         for start in range(0, len(self), 65_536):
             total += self[start : start + 65_536].double().sum(0).cpu()
         return (total / max(1, len(self))).float()
+
+
+class ByteImages(PackedImages):
+    """Rows of 8-bit sub-pixels (n, pixels) uint8, given out as float rows k / 255: a quarter of float32's memory."""
+
+    def __init__(self, values: np.ndarray, pixels: int | None = None, device: torch.device | str = "cpu"):
+        super().__init__(values, values.shape[1] if pixels is None else pixels, device)
+
+    def unpack(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, torch.float32).div_(255.0)
+
+    def to(self, device: torch.device | str) -> ByteImages:
+        return ByteImages(self.bits, self.pixels, device)

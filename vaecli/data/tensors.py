@@ -72,6 +72,7 @@ def binarize_once(images: torch.Tensor, seed: int) -> torch.Tensor:
     so the first m images come out the same whether or not a limit cut the split.
     """
     generator = torch.Generator().manual_seed(seed)
+    images = images if isinstance(images, torch.Tensor) else images.float()  # a folder's uint8 training split
     uniform = torch.rand(images.shape, generator=generator)
     return (uniform < images.cpu()).to(images.dtype).to(images.device)
 

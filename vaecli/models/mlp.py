@@ -134,7 +134,8 @@ class VAE(nn.Module):
         over the training images, clipped to [0.001, 0.999], so the first steps start from the mean
         image (Burda et al.'s code, yburda/iwae: datasets.get_train_bias_np); a no-op otherwise."""
         if self.output_bias == "data_mean":
-            mean = images.float().mean(0).clamp(0.001, 0.999).to(self.decoder.head.bias.device)
+            mean = images.mean(0) if not isinstance(images, torch.Tensor) else images.float().mean(0)  # packed: chunked
+            mean = mean.clamp(0.001, 0.999).to(self.decoder.head.bias.device)
             self.decoder.head.bias.copy_(torch.logit(mean))  # mu's logit for a discretised logistic
 
     def prior(self, batch_shape: Sequence[int] = ()) -> Normal:
