@@ -98,3 +98,55 @@ def test_settings_that_do_not_apply_to_dsprites_are_refused(runner, tmp_path, da
     result = invoke(runner, "train", "data=dsprites", f"data.root={data_root}", setting, f"hydra.run.dir={run_dir}")
     assert result.exit_code == 2 and says in result.stderr and not run_dir.exists(), result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def write_deepmind_like(path, sizes=(1, 3, 2, 2, 4, 4), **changes) -> None:
+    """A small .npz of DeepMind's structure: imgs, latents_classes, latents_values and a pickled metadata dict."""
+    count = math.prod(sizes)
+    classes = np.stack(np.unravel_index(np.arange(count), sizes), axis=1)
+    images = np.zeros((count, 64, 64), dtype=np.uint8)
+    for row, (_, shape, scale, _, x, y) in enumerate(classes):  # a block whose place and size follow the factors
+        images[row, 8 + 10 * y : 14 + 10 * y + scale, 8 + 10 * x : 12 + 10 * x + shape] = 1
+    metadata = {
+        "latents_sizes": np.array(sizes),
+        "latents_names": ("color", "shape", "scale", "orientation", "posX", "posY"),
+    }
+    arrays = {"imgs": images, "latents_classes": classes, "latents_values": classes.astype(float), "metadata": metadata}
+    arrays.update(changes)
+    np.savez_compressed(path, **{name: value for name, value in arrays.items() if value is not None})
+
+
+def test_a_deepmind_structured_file_is_read_and_trained_on(runner, tmp_path):
+    write_deepmind_like(tmp_path / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz")
+    data = ["data=dsprites", "data.source=deepmind", f"data.root={tmp_path}", "data.test_fraction=0.1"]
+    run_dir = tmp_path / "run"
+    small = ["model.hidden_sizes=[16]", "train.steps=4", "train.batch_size=16", "train.progress=false"]
+    result = invoke(runner, "train", *data, *small, f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 0, result.output
+    assert DSPRITES.factor_sizes(tmp_path, {"source": "deepmind"}) == (3, 2, 2, 4, 4)
+    split = DSPRITES.split(tmp_path, False, options=compose_data(tmp_path))
+    assert len(split) == 19 and split.factors.shape == (19, 5)
+
+
+def compose_data(root):
+    from vaecli.config.hydra_bridge import compose
+
+    return compose(["data=dsprites", "data.source=deepmind", f"data.root={root}", "data.test_fraction=0.1"]).data
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [
+        ({"latents_values": None}, "no 'latents_values' array"),
+        ({"imgs": np.zeros((10, 64, 64), dtype=np.uint8)}, "imgs is (10, 64, 64)"),
+        ({"latents_classes": np.zeros((192, 6), dtype=np.int64)}, "not in the grid's order"),
+        ({"metadata": {"latents_sizes": np.array([3, 2, 2, 4, 4])}}, "are not dSprites' six latents"),
+    ],
+)
+def test_an_npz_with_the_wrong_arrays_is_one_line(runner, tmp_path, changes, says):
+    write_deepmind_like(tmp_path / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz", **changes)
+    run_dir = tmp_path / "run"
+    data = ["data=dsprites", "data.source=deepmind", f"data.root={tmp_path}"]
+    result = invoke(runner, "train", *data, f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 2 and says in result.stderr and not run_dir.exists(), result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "dsprites").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 import time
@@ -30,6 +31,7 @@ import numpy as np
 
 from vaecli.config.schema import DataConfig, choice, rule
 from vaecli.data.registry import DATASETS
+from vaecli.errors import UsageError
 
 log = logging.getLogger(__name__)
 SIDE = 64
@@ -138,15 +140,24 @@ class DSprites:
     name = "dsprites"
     binary = True  # every pixel 0 or 1: a Bernoulli decoder's nats are a log-likelihood
     own_split = True  # its held-out images are its own: data.train_on=all does not apply
-    sizes, names = SIZES, NAMES  # the factor grid `vae evaluate --disentanglement` encodes
+    names = NAMES  # the factors `vae evaluate --disentanglement` measures against
 
-    def file(self, root: Path) -> Path:
-        return dsprites_folder(root) / RENDERED_FILE
+    @staticmethod
+    def deepmind(options: Any) -> bool:
+        return options is not None and str(options.get("source", "rendered")) == "deepmind"
+
+    def file(self, root: Path, options: Any = None) -> Path:
+        """The packed grid a run reads: rendered here, or DeepMind's file packed once (keyed by its size and time)."""
+        if not self.deepmind(options):
+            return dsprites_folder(root) / RENDERED_FILE
+        stat = (Path(root).expanduser() / DEEPMIND_FILE).stat()
+        return dsprites_folder(root) / f"deepmind-{stat.st_size}-{stat.st_mtime_ns}.npy"
 
     def ensure(self, root: Path, say: Callable[[str], None] = log.info, options: Any = None) -> Path:
-        """Render the grid into ``data.root`` once (its MD5 checked against the constant), else find it."""
-        from vaecli.atomic import atomic_write_bytes
-
+        """The packed grid present in ``data.root``: rendered once (its MD5 checked against the constant),
+        or DeepMind's file checked and packed once."""
+        if self.deepmind(options):
+            return self.ensure_deepmind(Path(root).expanduser(), say)
         path = self.file(root)
         if path.is_file() and self.md5(path) == RENDERED_MD5:
             return Path(root).expanduser()
@@ -156,12 +167,22 @@ class DSprites:
         digest = md5_of(packed)
         if digest != RENDERED_MD5:
             raise RuntimeError(f"the rendered dSprites grid has MD5 {digest}, not {RENDERED_MD5}: report this")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.save(buffer, packed)
-        atomic_write_bytes(path, buffer.getvalue())
+        save_packed(path, packed, SIZES)
         say(f"dsprites: rendered in {time.perf_counter() - started:.0f} s, MD5 {digest}")
         return Path(root).expanduser()
+
+    def ensure_deepmind(self, root: Path, say: Callable[[str], None]) -> Path:
+        from vaecli.data.deepmind import read_deepmind
+
+        source = root / DEEPMIND_FILE
+        if not source.is_file():
+            raise UsageError(f"data.source=deepmind reads {source}: put DeepMind's {DEEPMIND_FILE} there")
+        path = self.file(root, {"source": "deepmind"})
+        if not path.is_file():  # checked before anything is said or written: a wrong file is one line
+            packed, sizes = read_deepmind(source)
+            save_packed(path, packed, sizes)
+            say(f"dsprites: checked and packed {source} into {path}")
+        return root
 
     def md5(self, path: Path) -> str:
         """MD5 of the packed array in ``path`` (remembered per size and modification time)."""
@@ -171,15 +192,22 @@ class DSprites:
             _verified[key] = md5_of(np.load(path, mmap_mode="r"))
         return _verified[key]
 
-    def grid(self, root: Path) -> np.ndarray:
-        """Every image of the grid, packed (737280, 512), memory-mapped from the verified file."""
-        self.ensure(root, say=lambda message: None)
-        return np.load(self.file(root), mmap_mode="r")
+    def grid(self, root: Path, options: Any = None) -> np.ndarray:
+        """Every image of the grid, packed (N, 512), memory-mapped from the verified file."""
+        self.ensure(root, say=lambda message: None, options=options)
+        return np.load(self.file(root, options), mmap_mode="r")
 
-    def test_rows(self, fraction: float) -> np.ndarray:
+    def factor_sizes(self, root: Path, options: Any = None) -> tuple[int, ...]:
+        """Classes per factor: dSprites' (3, 6, 40, 32, 32), or what a DeepMind-structured file declares."""
+        if not self.deepmind(options):
+            return SIZES
+        return tuple(json.loads(self.file(root, options).with_suffix(".json").read_text())["sizes"])
+
+    @staticmethod
+    def test_rows(fraction: float, total: int = math.prod(SIZES)) -> np.ndarray:
         """The held-out rows: a fixed draw (seed 0) of ``fraction`` of the grid, the same in every run."""
-        count = max(1, round(fraction * math.prod(SIZES)))
-        return np.sort(np.random.default_rng(0).choice(math.prod(SIZES), size=count, replace=False))
+        count = max(1, round(fraction * total))
+        return np.sort(np.random.default_rng(0).choice(total, size=count, replace=False))
 
     def split(self, root: Path, train: bool, limit: int | None = None, say: Any = None, options: Any = None):
         """One split: the training images stay packed (:class:`PackedImages`), the test images as float rows."""
@@ -189,15 +217,15 @@ class DSprites:
         from vaecli.data.sources import DataFile
         from vaecli.data.tensors import Split
 
-        grid = self.grid(root)
-        held_out = self.test_rows(float(options.test_fraction) if options is not None else 0.01)
+        grid, sizes = self.grid(root, options), self.factor_sizes(root, options)
+        held_out = self.test_rows(float(options.test_fraction) if options is not None else 0.01, len(grid))
         mask = np.zeros(len(grid), dtype=bool)
         mask[held_out] = True
         rows = np.flatnonzero(~mask if train else mask)[:limit]
         images = PackedImages(np.ascontiguousarray(grid[rows]), SIDE * SIDE)
-        classes = np.stack(np.unravel_index(rows, SIZES), axis=1)
+        classes = np.stack(np.unravel_index(rows, sizes), axis=1)
         labels = torch.from_numpy(classes[:, 0].astype(np.int64))  # the shape, for `vae embed`
-        files = (DataFile(str(self.file(root)), self.md5(self.file(root))),)
+        files = (DataFile(str(self.file(root, options)), self.md5(self.file(root, options))),)
         factors = torch.from_numpy(classes.astype(np.int64))
         return Split(images if train else images.float(), labels, files, factors=factors)
 
@@ -205,11 +233,25 @@ class DSprites:
         return (1, SIDE, SIDE)
 
     def where(self, root: Path, options: Any = None) -> str:
+        if self.deepmind(options):
+            return f"DeepMind's dSprites file {Path(root).expanduser() / DEEPMIND_FILE}"
         return f"the dSprites factor grid, rendered by vaecli, in {self.file(root)}"
 
     def count(self, root: Path, train: bool, options: Any = None) -> int:
-        test = len(self.test_rows(float(options.test_fraction) if options is not None else 0.01))
-        return math.prod(SIZES) - test if train else test
+        total = math.prod(self.factor_sizes(root, options)) if self.deepmind(options) else math.prod(SIZES)
+        test = len(self.test_rows(float(options.test_fraction) if options is not None else 0.01, total))
+        return total - test if train else test
+
+
+def save_packed(path: Path, packed: np.ndarray, sizes: tuple[int, ...]) -> None:
+    """The packed grid as .npy, and its factor sizes beside it (.json), each written atomically."""
+    from vaecli.atomic import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps({"sizes": list(sizes)}).encode())
+    buffer = io.BytesIO()
+    np.save(buffer, packed)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 DSPRITES = DSprites()

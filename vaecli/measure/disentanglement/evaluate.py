@@ -33,7 +33,8 @@ def factor_grid(loaded: Any, data_root: str | None) -> tuple[Any, Any]:
         raise UsageError(
             f"--disentanglement needs data with known factors (data=dsprites); {loaded.file} was trained on data={name}"
         )
-    return dataset, dataset.grid(Path(data_root or str(loaded.config.data.root)))
+    root = Path(data_root or str(loaded.config.data.root))
+    return dataset, dataset.grid(root, loaded.config.data)
 
 
 @torch.inference_mode()
@@ -97,7 +98,8 @@ def evaluate_disentanglement(
     loc, scale = encode_grid(loaded.model, packed, loaded.device)
     encode_seconds = time.perf_counter() - started
     say(f"encoded {len(loc)} images in {encode_seconds:.1f} s")
-    codes = GridCodes(loc, scale, tuple(dataset.sizes), tuple(dataset.names))
+    root = Path(data_root or str(loaded.config.data.root))
+    codes = GridCodes(loc, scale, tuple(dataset.factor_sizes(root, loaded.config.data)), tuple(dataset.names))
     result = {
         "data": dataset.where(Path(data_root or str(loaded.config.data.root)), loaded.config.data),
         "checkpoint": str(loaded.file),
