@@ -150,3 +150,46 @@ def test_an_npz_with_the_wrong_arrays_is_one_line(runner, tmp_path, changes, say
     result = invoke(runner, "train", *data, f"hydra.run.dir={run_dir}")
     assert result.exit_code == 2 and says in result.stderr and not run_dir.exists(), result.output
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "dsprites").exists()
+
+
+SMALL = ["model.hidden_sizes=[16]", "latent_size=4", "train.steps=4", "train.batch_size=16", "train.progress=false"]
+
+
+@pytest.mark.slow
+def test_a_dsprites_run_its_codes_its_metrics_and_a_sweep_with_their_columns(runner, tmp_path, data_root, grid):
+    """End to end: train, `vae encode`, `vae evaluate --disentanglement`, a 2-member sweep with the columns."""
+    import json
+
+    import pandas as pd
+
+    run_dir = tmp_path / "run"
+    data = ["data=dsprites", f"data.root={data_root}"]
+    assert invoke(runner, "train", *data, *SMALL, f"hydra.run.dir={run_dir}").exit_code == 0
+    assert "log-likelihood" in (run_dir / "metrics.csv").read_text()  # binary pixels: a Bernoulli is a likelihood
+    codes = run_dir / "codes.npz"
+    assert invoke(runner, "encode", "-c", str(run_dir), "--n", "100", "--out", str(codes)).exit_code == 0
+    with np.load(codes) as arrays:
+        assert arrays["loc"].shape == (100, 4) and arrays["factors"].shape == (100, 5)
+        assert list(arrays["factor_names"]) == list(NAMES)
+    too_many = invoke(runner, "encode", "-c", str(run_dir), "--n", "99999", "--out", str(tmp_path / "x.npz"))
+    assert too_many.exit_code == 2 and len(too_many.stderr.strip().splitlines()) == 1
+    result = invoke(runner, "evaluate", "-c", str(run_dir), "--disentanglement", "--fast-dci")
+    assert result.exit_code == 0, result.output
+    found = json.loads((run_dir / "disentanglement.json").read_text())
+    assert found["images_encoded"] == 737_280 and "rendered by vaecli" in found["data"]
+    for name, key in (("mig", "mig"), ("dci", "disentanglement"), ("factor_vae_score", "factor_vae_score")):
+        assert 0 <= found["metrics"][name][key] <= 1 and found["metrics"][name]["seconds"] >= 0
+    assert found["metrics"]["dci"]["learner"].startswith("GradientBoostingClassifier with 10 stages (fast DCI")
+    sweep_dir = tmp_path / "sweep"
+    swept = ["beta=0.01,0.1", "eval.disentanglement=true", "eval.fast_dci=true", f"hydra.sweep.dir={sweep_dir}"]
+    result = invoke(runner, "sweep", *data, *SMALL, *swept)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert len(table) == 2 and table.mig.between(0, 1).all() and table.beta_vae_score.notna().all()
+    assert (sweep_dir / "disentanglement.png").stat().st_size > 0
+
+
+def test_eval_disentanglement_on_mnist_is_refused_before_any_folder(runner, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    result = invoke(runner, "train", *tiny, "eval.disentanglement=true", f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 2 and "data=dsprites" in result.stderr and not run_dir.exists(), result.output

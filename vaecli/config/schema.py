@@ -106,6 +106,8 @@ class EvalConfig:
     iwae_k: int = 0  # importance samples of the test-set bound at the end of training; 0: off
     latents_per_pass: int = 1024  # memory bound of that evaluation (latents decoded at once)
     mi_batch: int | None = None  # images per mixture in the I(x; z) estimate; null: all evaluated images
+    disentanglement: bool = False  # at the end of training, `vae evaluate --disentanglement` (data=dsprites)
+    fast_dci: bool = False  # with it, DCI's fast learner (10 boosting stages, named so)
 
 
 @dataclass
@@ -152,6 +154,8 @@ NEUTRAL_VALUES = {
     "objective.warmup_steps": 0,
     "objective.cycles": 0,
     "objective.free_bits": 0.0,
+    "eval.disentanglement": False,
+    "eval.fast_dci": False,
 }
 
 

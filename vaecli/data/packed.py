@@ -50,6 +50,10 @@ class PackedImages:
         """The same bits, unpacked onto ``device`` from now on (the bits themselves stay on the CPU)."""
         return PackedImages(self.bits, self.pixels, device)
 
+    def head(self, count: int) -> PackedImages:
+        """The first ``count`` rows, still packed."""
+        return type(self)(self.bits[:count], self.pixels, self.device)
+
     def split(self, size: int) -> list[torch.Tensor]:
         """Float chunks of ``size`` rows, as ``torch.Tensor.split`` gives them (unpacked one by one)."""
         return [self[start : start + size] for start in range(0, len(self), size)]

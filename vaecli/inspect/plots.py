@@ -170,6 +170,20 @@ def bound_and_active_units(done: pd.DataFrame, path: Path, colour: str, facet: s
     return lines_against(done, path, colour, facet, measures, title)
 
 
+def disentanglement_against(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
+    """Each disentanglement metric a member ran (its disentanglement.json) against beta, one line per latent size."""
+    labels = {
+        "MIG (20 bins)": "mig",
+        "MIG, Chen et al.'s estimate": "chen_mig",
+        "DCI disentanglement": "dci_disentanglement",
+        "SAP": "sap",
+        "FactorVAE score": "factor_vae_score",
+        "beta-VAE score": "beta_vae_score",
+    }
+    measures = {label: column for label, column in labels.items() if column in done}
+    return lines_against(done, path, colour, facet, measures, f"disentanglement metrics against {colour}")
+
+
 def lines_against(
     done: pd.DataFrame, path: Path, colour: str, facet: str, measures: dict[str, str], title: str
 ) -> Path:

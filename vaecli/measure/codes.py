@@ -19,6 +19,7 @@ import numpy as np
 
 from vaecli.atomic import atomic_write_bytes
 from vaecli.config.checks import check_count, check_split
+from vaecli.data.registry import DATASETS
 from vaecli.data.tensors import binarize_split
 from vaecli.errors import RunError, UsageError, first_line
 from vaecli.runfolder import checkpoint
@@ -34,9 +35,15 @@ def codes(loaded: Loaded, split: str, n: int | None, data_root: str | None) -> d
     if n is not None and n > len(data):
         raise UsageError(f"--n {n} is beyond the {split} split's {len(data)} images; pass --n {len(data)} or less")
     count = len(data) if n is None else n
-    images = binarize_split(data.images[:count], str(loaded.config.data.binarize), train=split == "train")
+    first = data.images.head(count) if hasattr(data.images, "head") else data.images[:count]  # packed: stays packed
+    images = binarize_split(first, str(loaded.config.data.binarize), train=split == "train")
     posterior = loaded.encode(images)
+    factors = {} if data.factors is None else {"factors": data.factors[:count].numpy().astype(np.int64)}
+    names = getattr(DATASETS.entry(str(loaded.config.data.name)), "names", None)
+    if factors and names is not None:
+        factors["factor_names"] = np.array(list(names))
     return {
+        **factors,
         "loc": posterior.loc.float().numpy(),
         "scale": posterior.scale.float().numpy(),
         "label": data.labels[:count].numpy().astype(np.int64),

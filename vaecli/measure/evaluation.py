@@ -22,6 +22,7 @@ from vaecli.config.schema import test_held_out
 from vaecli.data.tensors import binarize_split
 from vaecli.errors import RunError, UsageError, first_line
 from vaecli.measure.bounds import LATENTS_PER_PASS, PerImageBound, ProgressHook, importance_weighted_bound
+from vaecli.measure.disentanglement.evaluate import disentanglement_after_training
 from vaecli.measure.disentanglement.report import disentanglement_command
 from vaecli.measure.latents import LatentUsage, latent_usage
 from vaecli.measure.registry import measure_all
@@ -241,6 +242,7 @@ def after_training(cfg: Any, model: VAE, test_images: torch.Tensor, out_dir: Pat
 
     Returns what result.json gains: ``{"evaluation": <evaluation.json's content>}``.
     """
+    disentanglement_after_training(cfg, model, out_dir)
     k = int(cfg.eval.iwae_k)
     if k == 0:
         return {}

@@ -112,6 +112,7 @@ def stopped(run_dir: Path, signum: int) -> Stopped:
 def preflight(configs: Iterable[DictConfig]) -> None:
     """Device and data checked before Hydra makes folders: a run that cannot start leaves none behind."""
     from vaecli.data.sources import ensure_data
+    from vaecli.measure.disentanglement.evaluate import check_disentanglement
     from vaecli.objectives.registry import check_objective
 
     configs = list(configs)
@@ -132,6 +133,7 @@ def preflight(configs: Iterable[DictConfig]) -> None:
     for cfg in configs:
         check_batch(cfg)
         check_objective(cfg)
+        check_disentanglement(cfg)
 
 
 def check_batch(cfg: DictConfig) -> None:

@@ -48,6 +48,7 @@ STOP_FILE = ".stop"  # written by `vae sweep` on SIGINT/SIGTERM (the signal's na
 BEST_TRIAL_YAML = "optimization_results.yaml"
 GROUPS_JSON = "groups.json"  # the batched launcher's groups of members and how far each has got
 BOUND_PNG = "bound_active_units.png"  # the test bound and active units against beta
+DISENTANGLEMENT_PNG = "disentanglement.png"  # each disentanglement metric against beta, by latent size
 MONTAGE_SOURCES = (RECONSTRUCTIONS_PNG, TRAVERSAL_PNG)
 
 

@@ -132,6 +132,31 @@ def evaluation_columns(report: dict | None) -> dict[str, object]:
     }
 
 
+DISENTANGLEMENT_COLUMNS = {  # sweep.csv column: (metric in disentanglement.json, its key)
+    "mig": ("mig", "mig"),
+    "chen_mig": ("chen_mig", "chen_mig"),
+    "dci_disentanglement": ("dci", "disentanglement"),
+    "dci_completeness": ("dci", "completeness"),
+    "dci_informativeness": ("dci", "informativeness"),
+    "sap": ("sap", "sap"),
+    "modularity": ("modularity_explicitness", "modularity"),
+    "explicitness": ("modularity_explicitness", "explicitness"),
+    "factor_vae_score": ("factor_vae_score", "factor_vae_score"),
+    "beta_vae_score": ("beta_vae_score", "beta_vae_score"),
+}
+
+
+def disentanglement_columns(path: Path) -> dict[str, object]:
+    """A member's disentanglement metrics (its disentanglement.json, when it ran them)."""
+    import json
+
+    try:
+        found = json.loads(path.read_text())["metrics"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {column: found.get(metric, {}).get(key) for column, (metric, key) in DISENTANGLEMENT_COLUMNS.items()}
+
+
 @dataclass
 class SweepReport:
     table: pd.DataFrame  # one row per member (sweep.csv)
@@ -163,6 +188,7 @@ def aggregate(sweep_dir: Path) -> SweepReport:
             row.update(final_metrics(metrics))
             long_frames.append(metrics.assign(member=row["member"], status=row["status"], **values))
         row.update(evaluation_columns(run_folder.read_evaluation(member)))
+        row.update(disentanglement_columns(member / "disentanglement.json"))
         rows.append(row)
     rows += missing_members(sweep_dir, overrides)
     table = pd.DataFrame(rows)
@@ -328,6 +354,9 @@ def figure_jobs(sweep_dir: Path, table: pd.DataFrame, long: pd.DataFrame, swept:
     if not done.empty and "test_nll_bound_nats" in done and done.test_nll_bound_nats.notna().any():
         measured, path = done[done.test_nll_bound_nats.notna()], sweep_dir / run_folder.BOUND_PNG
         jobs.append(Figure(path, partial(plots.bound_and_active_units, measured, path, colour, facet)))
+    if not done.empty and "mig" in done and done.mig.notna().any():
+        measured, path = done[done.mig.notna()], sweep_dir / run_folder.DISENTANGLEMENT_PNG
+        jobs.append(Figure(path, partial(plots.disentanglement_against, measured, path, colour, facet)))
     for image_name in run_folder.MONTAGE_SOURCES:
         path = sweep_dir / run_folder.montage_name(image_name)
         jobs.append(Figure(path, partial(member_montage, sweep_dir, table, image_name, colour, facet)))

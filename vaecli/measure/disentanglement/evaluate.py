@@ -25,16 +25,15 @@ RESULT_FILE = "disentanglement.json"
 ENCODE_CHUNK = 4096  # images unpacked and encoded at once
 
 
-def factor_grid(loaded: Any, data_root: str | None) -> tuple[Any, Any]:
-    """The run's dataset and its full factor grid, or a one-line usage error for data without known factors."""
-    name = str(loaded.config.data.name)
+def factor_grid(config: Any, data_root: str | None, source: str) -> tuple[Any, Path]:
+    """The run's dataset and its data root, or a one-line usage error for data without known factors."""
+    name = str(config.data.name)
     dataset = DATASETS.entry(name)
     if not hasattr(dataset, "grid"):
         raise UsageError(
-            f"--disentanglement needs data with known factors (data=dsprites); {loaded.file} was trained on data={name}"
+            f"--disentanglement needs data with known factors (data=dsprites); {source} was trained on data={name}"
         )
-    root = Path(data_root or str(loaded.config.data.root))
-    return dataset, dataset.grid(root, loaded.config.data)
+    return dataset, Path(data_root or str(config.data.root))
 
 
 @torch.inference_mode()
@@ -87,28 +86,50 @@ def jsonable(value: Any) -> Any:
 
 
 def evaluate_disentanglement(
-    loaded: Any, data_root: str | None, seed: int, fast_dci: bool, say: Callable[[str], None]
+    model: torch.nn.Module,
+    config: Any,
+    run_dir: Path,
+    source: str,
+    options: tuple[str | None, int, bool],
+    say: Callable[[str], None],
 ) -> tuple[Path, dict[str, Any]]:
-    """Encode the run's grid, compute every metric, write disentanglement.json; its path and content."""
+    """Encode the run's grid, compute every metric, write disentanglement.json; its path and content.
+
+    ``source`` names the checkpoint (or run) in the file; ``options`` are (data root, seed, fast DCI).
+    """
     import json
 
-    dataset, packed = factor_grid(loaded, data_root)
-    loaded.model.eval()
+    data_root, seed, fast_dci = options
+    dataset, root = factor_grid(config, data_root, source)
+    packed = dataset.grid(root, config.data)
+    model.eval()
     started = time.perf_counter()
-    loc, scale = encode_grid(loaded.model, packed, loaded.device)
+    loc, scale = encode_grid(model, packed, next(model.parameters()).device)
     encode_seconds = time.perf_counter() - started
     say(f"encoded {len(loc)} images in {encode_seconds:.1f} s")
-    root = Path(data_root or str(loaded.config.data.root))
-    codes = GridCodes(loc, scale, tuple(dataset.factor_sizes(root, loaded.config.data)), tuple(dataset.names))
+    codes = GridCodes(loc, scale, tuple(dataset.factor_sizes(root, config.data)), tuple(dataset.names))
     result = {
-        "data": dataset.where(Path(data_root or str(loaded.config.data.root)), loaded.config.data),
-        "checkpoint": str(loaded.file),
+        "data": dataset.where(root, config.data),
+        "checkpoint": source,
         "codes": CODES,
         "images_encoded": int(len(loc)),
         "encode_seconds": round(encode_seconds, 2),
         "seed": seed,
         "metrics": run_metrics(codes, seed, fast_dci, say),
     }
-    path = loaded.run_dir / RESULT_FILE
+    path = run_dir / RESULT_FILE
     atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
     return path, result
+
+
+def check_disentanglement(config: Any) -> None:
+    """``eval.disentanglement=true`` on data without known factors: refused before any folder exists."""
+    if config.eval.get("disentanglement"):
+        factor_grid(config, None, "this run")
+
+
+def disentanglement_after_training(config: Any, model: torch.nn.Module, out_dir: Path) -> None:
+    """``eval.disentanglement=true``: disentanglement.json beside the run's other files at the end of training."""
+    if config.eval.get("disentanglement"):
+        options = (None, int(config.seed), bool(config.eval.get("fast_dci")))
+        evaluate_disentanglement(model, config, out_dir, str(out_dir), options, lambda line: None)

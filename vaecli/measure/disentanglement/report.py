@@ -41,9 +41,10 @@ def disentanglement_command(request: Any) -> list[Path]:
     errors = Console(stderr=True)
     loaded = load_model(request.checkpoint, request.device)
     with lock.Locked(loaded.run_dir):
-        path, result = evaluate_disentanglement(
-            loaded, request.data_root, request.seed, request.fast_dci, lambda line: errors.print(f"[dim]{line}[/dim]")
-        )
+        say = lambda line: errors.print(f"[dim]{line}[/dim]")  # noqa: E731
+        options = (request.data_root, request.seed, request.fast_dci)
+        run = (loaded.model, loaded.config, loaded.run_dir, str(loaded.file))
+        path, result = evaluate_disentanglement(*run, options, say)
     print_table(Console(), result)
     return [path]
 
