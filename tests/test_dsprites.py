@@ -193,3 +193,18 @@ def test_eval_disentanglement_on_mnist_is_refused_before_any_folder(runner, tiny
     run_dir = tmp_path / "run"
     result = invoke(runner, "train", *tiny, "eval.disentanglement=true", f"hydra.run.dir={run_dir}")
     assert result.exit_code == 2 and "data=dsprites" in result.stderr and not run_dir.exists(), result.output
+
+
+def test_the_dsprites_beta_study_is_five_betas_of_conv_members_measured_at_the_end():
+    from vaecli.sweep.command import plan
+
+    study = plan(["experiment=dsprites_beta"])
+    betas = sorted(
+        float(override.split("=")[1]) for member in study.members for override in member if "beta=" in override
+    )
+    assert study.total == 5 and betas == pytest.approx([b * 10 / 4096 for b in (1, 2, 4, 8, 16)])
+    for cfg in study.configs:
+        assert cfg.data.name == "dsprites" and cfg.model.name == "conv" and cfg.latent_size == 10
+        assert cfg.eval.disentanglement and cfg.train.steps == 4000
+    narrowed = plan(["experiment=dsprites_beta", "beta=0.01"])  # the command line still wins
+    assert narrowed.total == 1

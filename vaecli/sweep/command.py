@@ -117,7 +117,9 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     else:
         if not any(is_sweep(item) for item in task):
             given = {override_key(item) for item in task}
-            task = [f"{key}={value}" for key, value in default_grid(grid).items() if key not in given] + task
+            preset = OmegaConf.to_container(composed.hydra.sweeper.get("params") or {})  # an experiment's own grid
+            values = {**default_grid(grid), **preset} if preset else default_grid(grid)
+            task = [f"{key}={value}" for key, value in values.items() if key not in given] + task
         members = checked = expand_sweep(task)
         swept, total = {override_key(item) for item in task if is_sweep(item)}, len(members)
     configs = compose_all(([*member, *hydra_part] for member in checked), with_hydra=True)
