@@ -117,7 +117,8 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
     else:
         if not any(is_sweep(item) for item in task):
             given = {override_key(item) for item in task}
-            preset = OmegaConf.to_container(composed.hydra.sweeper.get("params") or {})  # an experiment's own grid
+            params = composed.hydra.sweeper.get("params")  # an experiment's own grid (hydra.sweeper.params)
+            preset = OmegaConf.to_container(params) if params else {}
             values = {**default_grid(grid), **preset} if preset else default_grid(grid)
             task = [f"{key}={value}" for key, value in values.items() if key not in given] + task
         members = checked = expand_sweep(task)
