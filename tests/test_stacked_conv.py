@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.test_stacked import BATCH, LIMIT, STEPS, TERMS, TEST_LIMIT, one_thread  # noqa: F401 (one_thread: autouse)
 from vaecli.config.hydra_bridge import compose
 from vaecli.data.tensors import load_split
 from vaecli.models.conv import ConvVAE
@@ -19,17 +20,6 @@ from vaecli.run import loop as solo
 from vaecli.sweep.batched.groups import settings_of, stackable
 from vaecli.sweep.batched.trainer import Member, StackedTrainer
 from vaecli.sweep.batched.vmapped import GroupedConvStack, VmappedStack
-
-STEPS, BATCH, LIMIT, TEST_LIMIT = 8, 32, 512, 256
-TERMS = ("loss", "reconstruction", "kl", "recon_nats", "kl_nats", "neg_elbo_nats")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def config(data_root: Path, member: Member, likelihood: str):

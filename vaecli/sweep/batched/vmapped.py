@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from vaecli.sweep.batched.model import _latent_rows
+
 ENCODER_HEAD = "encoder.head"  # every registered model's Linear giving (loc, raw scale)
 
 
@@ -28,10 +30,6 @@ def decoder_input(model: nn.Module) -> str:
     """The name of the decoder's first Linear, the layer that reads z."""
     name = next(name for name, module in model.decoder.named_modules() if isinstance(module, nn.Linear))
     return f"decoder.{name}"
-
-
-def _latent_rows(latent_size: int, padded: int) -> torch.Tensor:
-    return torch.cat([torch.arange(latent_size), padded + torch.arange(latent_size)])
 
 
 class VmappedStack(nn.Module):
