@@ -56,7 +56,8 @@ class VaeCommands(TyperGroup):
 app = typer.Typer(
     name="vae",
     cls=VaeCommands,
-    help="Train, inspect and sweep beta-VAEs on MNIST. Configuration is Hydra: pass key=value overrides.",
+    help="Train, inspect and sweep beta-VAEs on MNIST, dSprites or your own images. "
+    "Configuration is Hydra: pass key=value overrides.",
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode="markdown",
@@ -76,7 +77,7 @@ def root(
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Train, inspect and sweep beta-VAEs on MNIST."""
+    """Train, inspect and sweep beta-VAEs on MNIST, dSprites or your own images."""
 
 
 # ----------------------------------------------------------------------------- runs
