@@ -46,3 +46,26 @@ def test_encode_refuses_bad_options_in_one_line_writing_nothing(runner, trained_
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_chunked_posterior_of_packed_images_equals_one_pass_and_unpacks_lazily():
+    """The one encoding loop (models/encoding.py): chunk by chunk from packed bits, the same codes as
+    the encoder on every unpacked image at once; the packed split gives its chunks one at a time."""
+    from vaecli.data.packed import PackedImages
+    from vaecli.models.conv import ConvVAE
+    from vaecli.models.encoding import CPU_CHUNK, posterior
+
+    torch.manual_seed(0)
+    model = ConvVAE(4, (1, 32, 32)).eval()
+    count = 2 * CPU_CHUNK + 37  # a short last chunk
+    bits = np.packbits(np.random.default_rng(0).integers(0, 2, (count, 1024), dtype=np.uint8), axis=1)
+    packed = PackedImages(bits, 1024)
+    chunks = packed.split(CPU_CHUNK)
+    assert not isinstance(chunks, list | tuple)  # a list would hold the whole grid as float rows
+    assert next(iter(chunks)).shape == (CPU_CHUNK, 1024)
+    loc, scale = posterior(model.encoder, packed, torch.device("cpu"))
+    with torch.no_grad():
+        q = model.encoder(packed[:])
+    torch.testing.assert_close(loc, q.loc, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scale, q.scale, rtol=1e-5, atol=1e-5)
+    assert loc.shape == (count, 4) and loc.dtype == torch.float32

@@ -8,6 +8,8 @@ unpacking only the rows asked for into float rows in {0, 1}.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -54,9 +56,10 @@ class PackedImages:
         """The first ``count`` rows, still packed."""
         return type(self)(self.bits[:count], self.pixels, self.device)
 
-    def split(self, size: int) -> list[torch.Tensor]:
-        """Float chunks of ``size`` rows, as ``torch.Tensor.split`` gives them (unpacked one by one)."""
-        return [self[start : start + size] for start in range(0, len(self), size)]
+    def split(self, size: int) -> Iterator[torch.Tensor]:
+        """Float chunks of ``size`` rows, as ``torch.Tensor.split`` gives them, each unpacked only when
+        reached: a list would hold the whole grid as float rows (12 GB for dSprites)."""
+        return (self[start : start + size] for start in range(0, len(self), size))
 
     def float(self) -> torch.Tensor:
         """Every row unpacked: only for small splits (the caller asked for all of it)."""

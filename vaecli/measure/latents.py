@@ -21,6 +21,7 @@ import torch
 from torch.distributions import Normal
 
 from vaecli.errors import UsageError
+from vaecli.models.encoding import posterior
 from vaecli.models.mlp import VAE
 from vaecli.objectives.beta import kl_to_standard_normal
 
@@ -28,7 +29,6 @@ RUN_ORIGINALS = 8  # test images a run shows over their reconstructions
 TRAVERSAL_STEPS = 10  # the seed's 10 x 10 traversal
 ACTIVE_THRESHOLD = 0.01  # Burda et al.'s criterion on Cov_x(E_q[z_u|x])
 COLLAPSE_THRESHOLD = 0.01  # nats of mean KL below which a dimension counts as collapsed onto the prior
-ENCODE_CHUNK = 5000  # images per encoder pass, so 70,000 images fit anywhere
 MIXTURE_CHUNK = 256  # latents scored against the whole mixture at once (chunk x images float64)
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -74,18 +74,10 @@ def decode(model: VAE, z: torch.Tensor) -> torch.Tensor:
     return model.decoder(z.to(model_device(model))).mean.cpu()
 
 
-@torch.no_grad()
-def posterior_parameters(
-    model: VAE, images: torch.Tensor, chunk: int = ENCODE_CHUNK
-) -> tuple[torch.Tensor, torch.Tensor]:
+def posterior_parameters(model: VAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """loc and scale of q(z|x) for every image, float64 on the CPU (n x latent_size each)."""
-    device = model_device(model)
-    locs, scales = [], []
-    for part in images.split(chunk):
-        q = model.encoder(part.to(device))
-        locs.append(q.loc.double().cpu())
-        scales.append(q.scale.double().cpu())
-    return torch.cat(locs), torch.cat(scales)
+    loc, scale = posterior(model.encoder, images, model_device(model))
+    return loc.double(), scale.double()
 
 
 def posterior_means(model: VAE, images: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from vaecli.data.registry import DATASETS, MNIST_SHAPE
 from vaecli.data.sources import DataUnavailableError
 from vaecli.data.tensors import Split, load_split
 from vaecli.errors import RunError, UsageError, first_line
+from vaecli.models.encoding import posterior
 from vaecli.models.mlp import VAE
 from vaecli.models.registry import MODELS, build_model
 from vaecli.runfolder.files import CHECKPOINT, METRICS_CSV
@@ -153,9 +154,6 @@ def check_version(version: Any, file: Path) -> None:
         )
 
 
-ENCODE_CHUNK = 10_000  # images per forward pass of encode()
-
-
 @dataclass
 class Loaded:
     """A trained run as a notebook sees it (``vaecli.load_run``): its model, config, data and files.
@@ -176,11 +174,9 @@ class Loaded:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.distributions.Normal:
         """q(z|x) of each image (rows of pixels in [0, 1]): its means ``.loc`` and scales ``.scale``, on the CPU."""
-        parts = [self.model.encoder(chunk.to(self.device)) for chunk in images.split(ENCODE_CHUNK)]
-        loc, scale = (torch.cat([getattr(q, name).cpu() for q in parts]) for name in ("loc", "scale"))
+        loc, scale = posterior(self.model.encoder, images, self.device)
         return torch.distributions.Normal(loc, scale, validate_args=False)
 
     @torch.inference_mode()

@@ -20,9 +20,9 @@ from vaecli.atomic import atomic_write_bytes
 from vaecli.data.registry import DATASETS
 from vaecli.errors import UsageError
 from vaecli.measure.disentanglement.grid import CODES, GridCodes
+from vaecli.models.encoding import posterior
 
 RESULT_FILE = "disentanglement.json"
-ENCODE_CHUNK = 4096  # images unpacked and encoded at once
 
 
 def factor_grid(config: Any, data_root: str | None, source: str) -> tuple[Any, Path]:
@@ -36,16 +36,12 @@ def factor_grid(config: Any, data_root: str | None, source: str) -> tuple[Any, P
     return dataset, Path(data_root or str(config.data.root))
 
 
-@torch.inference_mode()
 def encode_grid(model: torch.nn.Module, packed: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means and scales (N, d) of every packed image, one chunk unpacked at a time."""
     from vaecli.data.packed import PackedImages
 
-    images = PackedImages(packed, int(packed.shape[1]) * 8, device)
-    parts = [model.encoder(chunk) for chunk in images.split(ENCODE_CHUNK)]
-    loc = torch.cat([q.loc.cpu() for q in parts]).numpy()
-    scale = torch.cat([q.scale.cpu() for q in parts]).numpy()
-    return loc, scale
+    loc, scale = posterior(model.encoder, PackedImages(packed, int(packed.shape[1]) * 8, device), device)
+    return loc.numpy(), scale.numpy()
 
 
 def run_metrics(codes: GridCodes, seed: int, fast_dci: bool, say: Callable[[str], None]) -> dict[str, Any]:
