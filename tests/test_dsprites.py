@@ -179,13 +179,17 @@ def test_a_dsprites_run_its_codes_its_metrics_and_a_sweep_with_their_columns(run
     assert found["images_encoded"] == 737_280 and "rendered by vaecli" in found["data"]
     for name, key in (("mig", "mig"), ("dci", "disentanglement"), ("factor_vae_score", "factor_vae_score")):
         assert 0 <= found["metrics"][name][key] <= 1 and found["metrics"][name]["seconds"] >= 0
-    assert found["metrics"]["dci"]["learner"].startswith("GradientBoostingClassifier with 10 stages (fast DCI")
+    assert found["metrics"]["dci"]["learner"].startswith(
+        "GradientBoostingClassifier, 20 stages at learning rate 0.5 (fast DCI"
+    )
+    assert "DCI (fast) disentanglement" in result.stdout  # the fast learner named where its figures are printed
     sweep_dir = tmp_path / "sweep"
     swept = ["beta=0.01,0.1", "eval.disentanglement=true", "eval.fast_dci=true", f"hydra.sweep.dir={sweep_dir}"]
     result = invoke(runner, "sweep", *data, *SMALL, *swept)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(sweep_dir / "sweep.csv")
     assert len(table) == 2 and table.mig.between(0, 1).all() and table.beta_vae_score.notna().all()
+    assert table.dci_learner.str.contains("fast DCI").all()
     assert (sweep_dir / "disentanglement.png").stat().st_size > 0
 
 

@@ -115,5 +115,8 @@ DisentanglementOption = Annotated[
 ]
 FastDciOption = Annotated[
     bool,
-    typer.Option("--fast-dci", help="DCI with histogram gradient boosting (named so), not disentanglement_lib's."),
+    typer.Option(
+        "--fast-dci",
+        help="DCI with 20 boosting stages at rate 0.5, not disentanglement_lib's 100 at 0.1 (named fast DCI).",
+    ),
 ]

@@ -107,7 +107,7 @@ class EvalConfig:
     latents_per_pass: int = 1024  # memory bound of that evaluation (latents decoded at once)
     mi_batch: int | None = None  # images per mixture in the I(x; z) estimate; null: all evaluated images
     disentanglement: bool = False  # at the end of training, `vae evaluate --disentanglement` (data=dsprites)
-    fast_dci: bool = False  # with it, DCI's fast learner (10 boosting stages, named so)
+    fast_dci: bool = False  # with it, DCI's fast learner (20 boosting stages at rate 0.5, named so)
 
 
 @dataclass

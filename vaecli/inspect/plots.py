@@ -172,11 +172,17 @@ def bound_and_active_units(done: pd.DataFrame, path: Path, colour: str, facet: s
 
 def disentanglement_against(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
     """Each disentanglement metric a member ran (its disentanglement.json) against beta, one line per latent size."""
+    learners = set(done["dci_learner"].dropna()) if "dci_learner" in done else set()
+    dci = "DCI (fast: 20 stages)" if learners and all("fast" in str(name) for name in learners) else "DCI"
     labels = {
         "MIG (20 bins)": "mig",
         "MIG, Chen et al.'s estimate": "chen_mig",
-        "DCI disentanglement": "dci_disentanglement",
+        f"{dci} disentanglement": "dci_disentanglement",
+        f"{dci} completeness": "dci_completeness",
+        f"{dci} informativeness": "dci_informativeness",
         "SAP": "sap",
+        "modularity": "modularity",
+        "explicitness": "explicitness",
         "FactorVAE score": "factor_vae_score",
         "beta-VAE score": "beta_vae_score",
     }

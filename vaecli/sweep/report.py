@@ -138,6 +138,7 @@ DISENTANGLEMENT_COLUMNS = {  # sweep.csv column: (metric in disentanglement.json
     "dci_disentanglement": ("dci", "disentanglement"),
     "dci_completeness": ("dci", "completeness"),
     "dci_informativeness": ("dci", "informativeness"),
+    "dci_learner": ("dci", "learner"),  # the exact (100 stages) or the fast DCI, named beside its figures
     "sap": ("sap", "sap"),
     "modularity": ("modularity_explicitness", "modularity"),
     "explicitness": ("modularity_explicitness", "explicitness"),

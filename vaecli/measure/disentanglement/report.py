@@ -29,7 +29,15 @@ def settings_of(result: dict[str, Any]) -> str:
     parts = [f"{key}={result[key]}" for key in SETTINGS if key in result]
     if "learner" in result:
         parts.append(str(result["learner"]).split(" ")[0])
+    stages = result.get("learner_params", {}).get("n_estimators")
+    if stages is not None:
+        parts.append(f"{stages} stages")
     return ", ".join(parts)
+
+
+def is_fast(result: dict[str, Any]) -> bool:
+    """Whether a DCI result came from the fast learner, which every figure of it must then say."""
+    return "fast DCI" in str(result.get("learner", ""))
 
 
 def disentanglement_command(request: Any) -> list[Path]:
@@ -58,5 +66,6 @@ def print_table(console: Any, result: dict[str, Any]) -> None:
     for metric, key, words in ROWS:
         found = result["metrics"].get(metric, {})
         if key in found:
+            words = words.replace("DCI", "DCI (fast)") if metric == "dci" and is_fast(found) else words
             table.add_row(words, f"{found[key]:.3f}", settings_of(found), f"{found.get('seconds', 0):.1f}")
     console.print(table)
