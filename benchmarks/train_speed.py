@@ -222,7 +222,7 @@ def conv_main(args: argparse.Namespace) -> None:
         options = {"name": "folder", "path": str(folder), "size": 64, "channels": 3, "test_fraction": 0.1}
         from omegaconf import OmegaConf
 
-        images = load_split("folder", root, True, options=OmegaConf.create(options)).images.view(-1, 3, 64, 64)
+        images = load_split("folder", root, True, options=OmegaConf.create(options)).images.float().view(-1, 3, 64, 64)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, conv 64x64x3, batch {BATCH}")
         time_tool_conv(folder, root, 4), time_bare_conv(images, 4)  # warm-up
         figures: dict[str, list[float]] = {"tool": [], "bare": [], "bare channels-last": []}
