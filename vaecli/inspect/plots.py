@@ -80,7 +80,13 @@ def factor(frame: pd.DataFrame, key: str) -> pd.Categorical:
     """The key's values as labels, ordered by value (so 2 comes before 10)."""
     values = sorted(frame[key].dropna().unique(), key=sort_key)
     labels = [str(value) for value in values]
-    return pd.Categorical(frame[key].map(str), categories=labels, ordered=True)
+    short = [f"{value:.4g}" if isinstance(value, float) else label for value, label in zip(values, labels)]
+    if len(set(short)) == len(short):  # 0.00244140625 as 0.002441, so ticks side by side stay apart
+        labels = short
+    names = dict(zip(map(str, values), labels))
+    return pd.Categorical(
+        frame[key].map(lambda value: names.get(str(value), str(value))), categories=labels, ordered=True
+    )
 
 
 def keyed(frame: pd.DataFrame, colour: str, facet: str) -> pd.DataFrame:
@@ -218,7 +224,9 @@ def lines_against(
     )
     if searched and numbers.min() > 0 and numbers.max() >= 10 * numbers.min():
         plot += scale_x_log10()
+    columns = 1 if len(measures) <= 4 else 2  # ten disentanglement panels in one column would be 29 inches tall
     if len(measures) > 1:
-        plot += facet_wrap("~measure", ncol=1, scales="free_y")
-    save_plot(plot, path, width=7, height=4.5 * (1 + 0.6 * (len(measures) - 1)))
+        plot += facet_wrap("~measure", ncol=columns, scales="free_y")
+    rows = -(-len(measures) // columns)
+    save_plot(plot, path, width=7 if columns == 1 else 11, height=4.5 * (1 + 0.6 * (rows - 1)))
     return path
