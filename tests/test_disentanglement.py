@@ -234,3 +234,24 @@ def test_factor_vae_score():
 def test_beta_vae_score():
     assert beta_vae_score(FACTORS, rng(), train_points=500, eval_points=300)["beta_vae_score"] == 1.0
     assert beta_vae_score(NOISE, rng(), train_points=500, eval_points=300)["beta_vae_score"] < 0.3  # seen 0.23
+
+
+def test_the_sweep_figure_draws_every_metric_against_beta_and_latent_size(tmp_path):
+    """Ten panels (two columns: one was too tall for plotnine), one line per latent size."""
+    import pandas as pd
+    from PIL import Image
+
+    from vaecli.inspect.plots import disentanglement_against, factor
+    from vaecli.sweep.report import DISENTANGLEMENT_COLUMNS
+
+    betas, sizes = [0.00244140625, 0.0048828125, 0.009765625], [4, 10]
+    rows = [{"beta": b, "latent_size": z} for b in betas for z in sizes]
+    table = pd.DataFrame(rows)
+    for number, column in enumerate(DISENTANGLEMENT_COLUMNS):
+        table[column] = np.linspace(0.1, 0.9, len(table)) ** (number + 1)
+    table["dci_learner"] = "GradientBoostingClassifier, 20 stages at learning rate 0.5 (fast DCI; ...)"
+    path = disentanglement_against(table, tmp_path / "disentanglement.png", "beta", "latent_size")
+    with Image.open(path) as image:
+        width, height = image.size
+    assert width > 1000 and height < 2 * width  # two columns of panels, not one tall strip
+    assert list(factor(table, "beta").categories) == ["0.002441", "0.004883", "0.009766"]
