@@ -37,7 +37,9 @@ def train_run(root: Path, model: str, steps: int) -> None:
     command = [sys.executable, "-m", "vaecli", "train", "data=dsprites", f"model={model}", f"train.steps={steps}"]
     command += [f"data.root={root}", f"hydra.run.dir={root / 'run'}", "beta=0.01"]
     started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"vae train failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(
         f"vae train data=dsprites model={model} train.steps={steps} (batch 64): {time.perf_counter() - started:.1f} s"

@@ -24,7 +24,7 @@ from vaecli.measure.disentanglement.grid import CODES, GridCodes
 
 # The fast DCI: a fifth of the stages at five times the learning rate, so the total shrinkage
 # (stages x rate = 10) is disentanglement_lib's. On the beta study's codes this kept D and C within
-# 0.02 of the exact ones and I within 0.05, where 10 stages at 0.1 doubled D (docs/disentanglement.md).
+# 0.03 of the exact ones and I within 0.05, where 10 stages at 0.1 doubled D (docs/disentanglement.md).
 FAST_STAGES, FAST_RATE = 20, 0.5
 LEARNERS = {
     "gbt": "GradientBoostingClassifier, as disentanglement_lib",
