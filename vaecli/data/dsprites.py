@@ -42,6 +42,7 @@ RADIUS = 10.0  # pixels from the centre a scale-1 sprite reaches at most
 RENDERED_FILE = "dsprites-rendered-v1.npy"  # packed bits (737280, 512), big bit order
 DEEPMIND_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 RENDERED_MD5 = "a5e62900f8b32491a47e56a81dd89313"  # of the packed array: the same on every render
+TEST_FRACTION = 0.01  # data.test_fraction's default: 7,373 held-out images
 
 
 def factor_values() -> tuple[np.ndarray, ...]:
@@ -124,7 +125,7 @@ class DSpritesConfig(DataConfig):
     name: str = "dsprites"
     source: str = choice(("rendered", "deepmind"), "rendered")  # deepmind: read DEEPMIND_FILE from data.root
     # the held-out share: 7,373 images at 0.01, evaluated at every test row (a seeded draw, the same in every run)
-    test_fraction: float = rule(lambda value: 0 < value < 1, "must be between 0 and 1", default=0.01)
+    test_fraction: float = rule(lambda value: 0 < value < 1, "must be between 0 and 1", default=TEST_FRACTION)
 
 
 def dsprites_folder(root: Path) -> Path:
@@ -218,7 +219,7 @@ class DSprites:
         from vaecli.data.tensors import Split
 
         grid, sizes = self.grid(root, options), self.factor_sizes(root, options)
-        held_out = self.test_rows(float(options.test_fraction) if options is not None else 0.01, len(grid))
+        held_out = self.test_rows(test_fraction(options), len(grid))
         mask = np.zeros(len(grid), dtype=bool)
         mask[held_out] = True
         rows = np.flatnonzero(~mask if train else mask)[:limit]
@@ -239,8 +240,13 @@ class DSprites:
 
     def count(self, root: Path, train: bool, options: Any = None) -> int:
         total = math.prod(self.factor_sizes(root, options)) if self.deepmind(options) else math.prod(SIZES)
-        test = len(self.test_rows(float(options.test_fraction) if options is not None else 0.01, total))
+        test = len(self.test_rows(test_fraction(options), total))
         return total - test if train else test
+
+
+def test_fraction(options: Any) -> float:
+    """The run's held-out share (``data.test_fraction``), its default when no options are given."""
+    return float(options.test_fraction) if options is not None else TEST_FRACTION
 
 
 def save_packed(path: Path, packed: np.ndarray, sizes: tuple[int, ...]) -> None:

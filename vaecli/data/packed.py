@@ -50,7 +50,7 @@ class PackedImages:
 
     def to(self, device: torch.device | str) -> PackedImages:
         """The same bits, unpacked onto ``device`` from now on (the bits themselves stay on the CPU)."""
-        return PackedImages(self.bits, self.pixels, device)
+        return type(self)(self.bits, self.pixels, device)
 
     def head(self, count: int) -> PackedImages:
         """The first ``count`` rows, still packed."""
@@ -83,6 +83,3 @@ class ByteImages(PackedImages):
 
     def unpack(self, rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(rows)).to(self.device, torch.float32).div_(255.0)
-
-    def to(self, device: torch.device | str) -> ByteImages:
-        return ByteImages(self.bits, self.pixels, device)

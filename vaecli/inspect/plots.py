@@ -178,8 +178,11 @@ def bound_and_active_units(done: pd.DataFrame, path: Path, colour: str, facet: s
 
 def disentanglement_against(done: pd.DataFrame, path: Path, colour: str, facet: str) -> Path:
     """Each disentanglement metric a member ran (its disentanglement.json) against beta, one line per latent size."""
+    from vaecli.measure.disentanglement.metrics import FAST_STAGES, is_fast_dci
+
     learners = set(done["dci_learner"].dropna()) if "dci_learner" in done else set()
-    dci = "DCI (fast: 20 stages)" if learners and all("fast" in str(name) for name in learners) else "DCI"
+    fast = learners and all(is_fast_dci(str(name)) for name in learners)
+    dci = f"DCI (fast: {FAST_STAGES} stages)" if fast else "DCI"
     labels = {
         "MIG (20 bins)": "mig",
         "MIG, Chen et al.'s estimate": "chen_mig",

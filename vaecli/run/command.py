@@ -131,21 +131,28 @@ def preflight(configs: Iterable[DictConfig]) -> None:
             raise UsageError(f"data.root={root} is a file, not a folder: point data.root at a folder for the datasets")
         ensure_data(str(cfg.data.name), Path(root), cfg.data)
     for cfg in configs:
+        check_data_options(cfg)
         check_batch(cfg)
         check_objective(cfg)
         check_disentanglement(cfg)
 
 
-def check_batch(cfg: DictConfig) -> None:
-    """A batch no larger than the images it is cut from (it used to be cut down without a word)."""
-    from vaecli.data.registry import DATASETS, options_for
+def check_data_options(cfg: DictConfig) -> None:
+    """MNIST's data settings that another dataset cannot honour: refused, not silently ignored."""
+    from vaecli.data.registry import DATASETS
 
     entry, name = DATASETS.entry(str(cfg.data.name)), cfg.data.name
     if cfg.data.train_on == "all" and getattr(entry, "own_split", False):
         raise UsageError(f"data.train_on=all adds MNIST's test set; data={name} holds out its own: drop data.train_on")
     if cfg.data.binarize != "none" and getattr(entry, "binary", False):
         raise UsageError(f"data.binarize={cfg.data.binarize}: data={name}'s pixels are already 0 or 1; drop it")
-    count = getattr(entry, "count", None)
+
+
+def check_batch(cfg: DictConfig) -> None:
+    """A batch no larger than the images it is cut from (it used to be cut down without a word)."""
+    from vaecli.data.registry import DATASETS, options_for
+
+    count = getattr(DATASETS.entry(str(cfg.data.name)), "count", None)
     if count is None:  # a registered dataset that cannot count its images before loading them
         return
     root = Path(cfg.data.root).expanduser()

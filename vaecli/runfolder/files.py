@@ -33,6 +33,7 @@ RUN_FILES = (HYDRA_DIR, RESULT_JSON, CHECKPOINT, METRICS_CSV)  # any of them: th
 PROVENANCE_JSON = "provenance.json"  # versions, host, command line, commit, data files' MD5s
 TB_DIR = "tb"  # logger=tensorboard: the run's TensorBoard events
 EVALUATION_JSON = "evaluation.json"  # what `vae evaluate` (or eval.iwae_k) measured
+DISENTANGLEMENT_JSON = "disentanglement.json"  # what `vae evaluate --disentanglement` measured
 EVALUATION_DIMS_CSV = "evaluation_dims.csv"  # its per-latent-dimension figures
 
 # a sweep folder (beside its members' run folders)

@@ -118,8 +118,7 @@ def plan(overrides: Sequence[str], grid: str = "default") -> SweepPlan:
         if not any(is_sweep(item) for item in task):
             given = {override_key(item) for item in task}
             params = composed.hydra.sweeper.get("params")  # an experiment's own grid (hydra.sweeper.params)
-            preset = OmegaConf.to_container(params) if params else {}
-            values = {**default_grid(grid), **preset} if preset else default_grid(grid)
+            values = {**default_grid(grid), **(OmegaConf.to_container(params) if params else {})}
             task = [f"{key}={value}" for key, value in values.items() if key not in given] + task
         members = checked = expand_sweep(task)
         swept, total = {override_key(item) for item in task if is_sweep(item)}, len(members)

@@ -189,7 +189,7 @@ def aggregate(sweep_dir: Path) -> SweepReport:
             row.update(final_metrics(metrics))
             long_frames.append(metrics.assign(member=row["member"], status=row["status"], **values))
         row.update(evaluation_columns(run_folder.read_evaluation(member)))
-        row.update(disentanglement_columns(member / "disentanglement.json"))
+        row.update(disentanglement_columns(member / run_folder.DISENTANGLEMENT_JSON))
         rows.append(row)
     rows += missing_members(sweep_dir, overrides)
     table = pd.DataFrame(rows)

@@ -21,8 +21,7 @@ from vaecli.data.registry import DATASETS
 from vaecli.errors import UsageError
 from vaecli.measure.disentanglement.grid import CODES, GridCodes
 from vaecli.models.encoding import posterior
-
-RESULT_FILE = "disentanglement.json"
+from vaecli.runfolder.files import DISENTANGLEMENT_JSON
 
 
 def factor_grid(config: Any, data_root: str | None, source: str) -> tuple[Any, Path]:
@@ -113,7 +112,7 @@ def evaluate_disentanglement(
         "seed": seed,
         "metrics": run_metrics(codes, seed, fast_dci, say),
     }
-    path = run_dir / RESULT_FILE
+    path = run_dir / DISENTANGLEMENT_JSON
     atomic_write_bytes(path, (json.dumps(result, indent=2) + "\n").encode())
     return path, result
 

@@ -35,11 +35,6 @@ def settings_of(result: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def is_fast(result: dict[str, Any]) -> bool:
-    """Whether a DCI result came from the fast learner, which every figure of it must then say."""
-    return "fast DCI" in str(result.get("learner", ""))
-
-
 def disentanglement_command(request: Any) -> list[Path]:
     """Load the checkpoint, evaluate under the run folder's lock, print the table; the files written."""
     from rich.console import Console
@@ -60,12 +55,18 @@ def disentanglement_command(request: Any) -> list[Path]:
 def print_table(console: Any, result: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from vaecli.measure.disentanglement.metrics import is_fast_dci  # sklearn: loaded only when printing
+
     table = Table(title=f"{result['data']}: {result['images_encoded']} images, {result['codes']}")
     for column in ("metric", "value", "settings", "s"):
         table.add_column(column, justify="right" if column in ("value", "s") else "left")
     for metric, key, words in ROWS:
         found = result["metrics"].get(metric, {})
         if key in found:
-            words = words.replace("DCI", "DCI (fast)") if metric == "dci" and is_fast(found) else words
+            words = (
+                words.replace("DCI", "DCI (fast)")
+                if metric == "dci" and is_fast_dci(str(found.get("learner", "")))
+                else words
+            )
             table.add_row(words, f"{found[key]:.3f}", settings_of(found), f"{found.get('seconds', 0):.1f}")
     console.print(table)
